@@ -47,7 +47,9 @@ def reverse_drift(
     t64, _ = sde._time(t)
     s = score(x, t if isinstance(t, Tensor) else t64.to(x.device))
     if s.shape != x.shape:
-        raise ValueError(f"the score returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"the score returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}"
+        )
     c = 0.5 if probability_flow else 1.0
     f = sde._batch_coef(sde._f(t64), x)
     g2 = sde._batch_coef(sde._g2(t64), x)

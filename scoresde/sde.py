@@ -134,10 +134,14 @@ class DiscreteChain:
 
     @property
     def transition_sigma(self) -> Tensor:
-        """``s_i = sqrt(sigma_i^2 - a_i^2 sigma_{i-1}^2)`` with ``sigma_0 = 0``, shape (N,)."""
-        prev = torch.cat([self.sigma.new_zeros(1), self.sigma[:-1]])
-        var = self.sigma**2 - (self.transition_alpha * prev) ** 2
-        return var.clamp_min(0.0).sqrt()
+        """``s_i = sqrt(sigma_i^2 - a_i^2 sigma_{i-1}^2)`` with ``sigma_0 = 0``, shape (N,).
+
+        Computed as ``sigma_i sqrt(-expm1(lambda_i - lambda_{i-1}))`` (lambda_0 = +inf), free of
+        the cancellation of the difference form.
+        """
+        lam = self.log_snr
+        prev = torch.cat([lam.new_full((1,), math.inf), lam[:-1]])
+        return self.sigma * torch.sqrt(-torch.expm1(lam - prev))
 
     @property
     def betas(self) -> Tensor:

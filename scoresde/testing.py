@@ -4,7 +4,8 @@
 new schedule as a subclass of :class:`scoresde.SDE` and run it::
 
     from scoresde.testing import check_sde
-    check_sde(MySDE())          # raises SDECheckError listing every property that fails
+
+    check_sde(MySDE())  # raises SDECheckError listing every property that fails
 
 The strategies (``sdes()``, ``vp_sdes()``, ..., ``times(sde)``, ``states()``) generate random
 SDEs of every family with sensible parameters, times in range and states of any shape, for
@@ -80,16 +81,16 @@ def prop_finite_positive(sde: SDE, t: Tensor) -> None:
             "g2": sde.g2(tt),
             "diffusion": sde.diffusion(tt),
         }
+        for name in ("alpha", "sigma", "g2"):  # signs first: sqrt of a negative g2 is NaN
+            if not bool((values[name] > 0).all()):
+                bad = float(tt[~(values[name] > 0)][0])
+                raise AssertionError(f"{name}(t) is not > 0 in {dtype} at t={bad}")
         for name, v in values.items():
             if v.dtype != dtype:
                 raise AssertionError(f"{name}(t) has dtype {v.dtype} for t of dtype {dtype}")
             if not bool(torch.isfinite(v).all()):
                 bad = float(tt[~torch.isfinite(v)][0])
                 raise AssertionError(f"{name}(t) is not finite in {dtype} at t={bad}")
-        for name in ("alpha", "sigma", "g2"):
-            if not bool((values[name] > 0).all()):
-                bad = float(tt[values[name] <= 0][0])
-                raise AssertionError(f"{name}(t) is not > 0 in {dtype} at t={bad}")
 
 
 def prop_log_snr_decreasing(sde: SDE, t: Tensor) -> None:
@@ -112,7 +113,9 @@ def prop_log_snr_decreasing(sde: SDE, t: Tensor) -> None:
 
 def prop_log_snr_definition(sde: SDE, t: Tensor) -> None:
     """log_snr = 2 (log alpha - log sigma), and alpha, sigma = exp(log alpha), exp(log sigma)."""
-    _close("log_snr", sde.log_snr(t), 2 * (sde.log_alpha(t) - sde.log_sigma(t)), rtol=1e-9, atol=1e-9)
+    _close(
+        "log_snr", sde.log_snr(t), 2 * (sde.log_alpha(t) - sde.log_sigma(t)), rtol=1e-9, atol=1e-9
+    )
     _close("alpha", sde.alpha(t), torch.exp(sde.log_alpha(t)), rtol=1e-12, atol=0)
     _close("sigma", sde.sigma(t), torch.exp(sde.log_sigma(t)), rtol=1e-12, atol=0)
 
@@ -126,9 +129,17 @@ def prop_t_from_log_snr_roundtrip(sde: SDE, t: Tensor) -> None:
         rtol=1e-8,
         atol=1e-10 * max(1.0, abs(sde.T)),
     )
-    lam_hi, lam_lo = (float(v) for v in sde.log_snr(torch.tensor([sde.t_min, sde.T], dtype=torch.float64)))
+    lam_hi, lam_lo = (
+        float(v) for v in sde.log_snr(torch.tensor([sde.t_min, sde.T], dtype=torch.float64))
+    )
     lam = torch.linspace(lam_lo, lam_hi, t.numel(), dtype=torch.float64)
-    _close("log_snr(t_from_log_snr(lam))", sde.log_snr(sde.t_from_log_snr(lam)), lam, rtol=1e-8, atol=1e-8)
+    _close(
+        "log_snr(t_from_log_snr(lam))",
+        sde.log_snr(sde.t_from_log_snr(lam)),
+        lam,
+        rtol=1e-8,
+        atol=1e-8,
+    )
 
 
 def prop_f_is_dlogalpha(sde: SDE, t: Tensor) -> None:
@@ -217,7 +228,13 @@ def prop_shape_polymorphism(sde: SDE, t: Tensor) -> None:
     if m4.mean.shape != x4.shape:
         raise AssertionError(f"marginal mean shape {tuple(m4.mean.shape)} != {tuple(x4.shape)}")
     _close("marginal mean", m4.mean.flatten(1), sde.alpha(t)[:, None] * x2, rtol=1e-12, atol=0)
-    _close("marginal std", (m4.std * torch.ones_like(x4)).flatten(1)[:, 0], sde.sigma(t), rtol=1e-12, atol=0)
+    _close(
+        "marginal std",
+        (m4.std * torch.ones_like(x4)).flatten(1)[:, 0],
+        sde.sigma(t),
+        rtol=1e-12,
+        atol=0,
+    )
     t0 = t[t.numel() // 2]
     _close(
         "drift with t of shape () vs (B,)",
@@ -235,7 +252,13 @@ def prop_float32_agrees(sde: SDE, t: Tensor) -> None:
     for name in ("alpha", "sigma", "f", "g2"):
         fn = getattr(sde, name)
         _close(f"{name} float32 vs float64", fn(t32).double(), fn(t_back), rtol=1e-5, atol=1e-30)
-    _close("log_snr float32 vs float64", sde.log_snr(t32).double(), sde.log_snr(t_back), rtol=1e-5, atol=1e-5)
+    _close(
+        "log_snr float32 vs float64",
+        sde.log_snr(t32).double(),
+        sde.log_snr(t_back),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def prop_rejects_out_of_range(sde: SDE, t: Tensor) -> None:
@@ -257,18 +280,32 @@ def prop_discrete_chain(sde: SDE, t: Tensor) -> None:
     del t
     for n in (50, 200, 1000):
         chain = sde.discretize(n)
-        if chain.N != n:
+        if n != chain.N:
             raise AssertionError(f"discretize({n}) has {chain.N} steps")
         if n > 1 and not bool((torch.diff(chain.log_snr) < 0).all()):
-            raise AssertionError(f"discretize({n}): log-SNR not strictly decreasing along the chain")
+            raise AssertionError(
+                f"discretize({n}): log-SNR not strictly decreasing along the chain"
+            )
         if not bool((chain.transition_sigma >= 0).all() and (chain.transition_alpha > 0).all()):
             raise AssertionError(f"discretize({n}): invalid transition")
         if sde.variance_preserving:
             beta = chain.betas
             if not bool(((beta > 0) & (beta < 1)).all()):
                 raise AssertionError(f"discretize({n}): betas outside (0, 1): {beta.tolist()[:5]}")
-            _close(f"discretize({n}) prod(1 - beta)", torch.cumprod(1 - beta, 0), chain.alphas_cumprod, rtol=1e-10, atol=0)
-            _close(f"discretize({n}) transition", chain.transition_sigma**2, beta, rtol=1e-8, atol=1e-14)
+            _close(
+                f"discretize({n}) prod(1 - beta)",
+                torch.cumprod(1 - beta, 0),
+                chain.alphas_cumprod,
+                rtol=1e-10,
+                atol=0,
+            )
+            _close(
+                f"discretize({n}) transition",
+                chain.transition_sigma**2,
+                beta,
+                rtol=1e-8,
+                atol=1e-14,
+            )
 
 
 PROPERTIES: dict[str, Property] = {
@@ -395,7 +432,9 @@ def times(sde: SDE, *, batch: int | None = None) -> st.SearchStrategy[Tensor]:
     one = st.one_of(
         st.floats(sde.t_min, sde.T),
         st.sampled_from([sde.t_min, sde.T]),
-        st.floats(0.0, 1.0).map(lambda u: min(sde.T, sde.t_min * (sde.T / max(sde.t_min, 1e-300)) ** u))
+        st.floats(0.0, 1.0).map(
+            lambda u: min(sde.T, sde.t_min * (sde.T / max(sde.t_min, 1e-300)) ** u)
+        )
         if sde.t_min > 0
         else st.floats(sde.t_min, sde.T),
     )

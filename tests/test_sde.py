@@ -39,7 +39,9 @@ def test_cosine_alpha_bar_is_nichol_dhariwal():
     def fbar(u):
         return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-    torch.testing.assert_close(sde.alpha(t) ** 2, fbar(t) / fbar(torch.zeros(1, dtype=torch.float64)))
+    torch.testing.assert_close(
+        sde.alpha(t) ** 2, fbar(t) / fbar(torch.zeros(1, dtype=torch.float64))
+    )
 
 
 def test_ve_and_edm_closed_forms():
@@ -63,7 +65,9 @@ def test_marginal_and_drift_on_any_state_shape(sde, x, data):
     assert mean.shape == x.shape and mean.dtype == x.dtype
     expected_mean = sd.SDE.alpha(sde, t).to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) * x
     torch.testing.assert_close(mean, expected_mean)
-    torch.testing.assert_close((std * torch.ones_like(x)).flatten(1)[:, 0], sde.sigma(t).to(x.dtype))
+    torch.testing.assert_close(
+        (std * torch.ones_like(x)).flatten(1)[:, 0], sde.sigma(t).to(x.dtype)
+    )
     drift = sde.drift(x, t)
     assert drift.shape == x.shape and drift.dtype == x.dtype
 
@@ -106,7 +110,7 @@ def test_ve_discretize_is_smld_geometric_sequence():
     torch.testing.assert_close(chain.sigmas, want)
     assert not chain.is_variance_preserving
     with pytest.raises(ValueError, match="variance-preserving"):
-        chain.betas
+        _ = chain.betas
     torch.testing.assert_close(chain.transition_sigma[1:] ** 2, torch.diff(want**2))
 
 
@@ -117,7 +121,9 @@ def test_from_discrete_is_exact_at_the_chain_times(sde):
     t = (n + 1).double() / sde.num_steps  # 0-based DDPM timestep n <-> t = (n + 1) / N
     torch.testing.assert_close(sde.alpha(t) ** 2, chain.alphas_cumprod, rtol=1e-12, atol=0)
     again = sd.VPSDE.from_discrete(chain.betas)
-    torch.testing.assert_close(again.discretize(sde.num_steps).betas, chain.betas, rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        again.discretize(sde.num_steps).betas, chain.betas, rtol=1e-9, atol=0
+    )
     via_ac = sd.VPSDE.from_discrete(alphas_cumprod=chain.alphas_cumprod)
     torch.testing.assert_close(via_ac.alpha(t), sde.alpha(t), rtol=1e-12, atol=0)
     assert (sde.t_min, sde.T) == (1 / sde.num_steps, 1.0)
@@ -194,7 +200,7 @@ def test_prior_sample_is_reproducible_and_has_prior_std(sde):
         (lambda: sd.VPSDE.from_discrete(torch.ones(2, 2) * 0.1), "1-D"),
         (lambda: sd.VPSDE.from_discrete(), "exactly one"),
         (lambda: sd.VPSDE().discretize(0), "N .* must be an int >= 1"),
-        (lambda: sd.VPSDE().discretize(10), "N must exceed beta_max"),
+        (lambda: sd.VPSDE().discretize(10), r"N must exceed beta\(T\) T"),
         (lambda: sd.VPSDE(beta_min=0.0).discretize(100), "beta_min = 0"),
     ],
 )
@@ -228,3 +234,24 @@ def test_float32_rounding_of_the_endpoints_is_accepted():
     for sde in ALL:
         t = torch.tensor([sde.t_min, sde.T], dtype=torch.float32)
         assert torch.isfinite(sde.log_snr(t)).all()
+
+
+def test_vp_discretize_respects_T():
+    """With T != 1 the DDPM betas cover [0, T]: the chain ends near alpha(T), not alpha(1)."""
+    sde = sd.VPSDE(T=0.5)
+    chain = sde.discretize(1000)
+    assert float(chain.t[-1]) == 0.5
+    assert float(chain.alpha[-1]) == pytest.approx(float(sde.alpha(0.5)), rel=0.02)
+    ve = sd.VESDE(T=0.5).discretize(10)
+    assert float(ve.t[-1]) == 0.5
+    assert float(ve.sigma[-1]) == pytest.approx(sd.VESDE(T=0.5).prior_std, rel=1e-12)
+
+
+def test_wrong_parameter_types_raise_type_error():
+    for make in (
+        lambda: sd.CosineVPSDE(s="0.008"),
+        lambda: sd.VPSDE(beta_min="0.1"),
+        lambda: sd.VESDE(sigma_max=None),
+    ):
+        with pytest.raises(TypeError):
+            make()

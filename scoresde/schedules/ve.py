@@ -88,13 +88,17 @@ class VESDE(_VarianceExploding):
         return 2.0 * self._log_ratio * torch.exp(2.0 * self._log_sigma(t))
 
     def discretize(self, N: int) -> DiscreteChain:  # noqa: N803
-        """The SMLD noise levels ``sigmas = exp(linspace(log sigma_min, log sigma_max, N))``.
+        """The SMLD noise levels ``sigmas = exp(linspace(log sigma(0), log sigma(T), N))``.
 
-        As score_sde's ``VESDE.discretize``: latent i (1-based) sits at ``t = (i - 1) / (N - 1)``
-        (``t = 1`` when N = 1), so the first level is sigma_min and the last sigma_max.
+        As score_sde's ``VESDE.discretize`` (for T = 1: from sigma_min to sigma_max): latent i
+        (1-based) sits at ``t = (i - 1) T / (N - 1)`` (``t = T`` when N = 1). The first level,
+        at t = 0, lies below the default t_min = 1e-5; VE is well defined there.
         """
         _check_steps(N)
-        t = torch.linspace(0.0, 1.0, N, dtype=torch.float64) if N > 1 else torch.ones(1, dtype=torch.float64)
+        if N > 1:
+            t = torch.linspace(0.0, self.T, N, dtype=torch.float64)
+        else:
+            t = torch.full((1,), self.T, dtype=torch.float64)
         return DiscreteChain(t, torch.ones_like(t), torch.exp(self._log_sigma(t)))
 
 

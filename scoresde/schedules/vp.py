@@ -7,6 +7,7 @@ Nichol & Dhariwal 2021 (cosine schedule); Kingma et al. 2021 (VDM); Lu et al. 20
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -41,8 +42,9 @@ class VPFamily(SDE):
                 f"log-SNR infinite), got t_min={t_min}"
             )
 
+    @abc.abstractmethod
     def _t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The t with log alpha(t) = log_alpha (float64, elementwise)."""
 
     def _log_sigma(self, t: Tensor) -> Tensor:
         return 0.5 * _log_one_minus_exp(2.0 * self._log_alpha(t))
@@ -134,11 +136,12 @@ class VPSDE(VPFamily):
         return self._beta.beta(t)
 
     def discretize(self, N: int) -> DiscreteChain:  # noqa: N803
-        """The DDPM chain: ``betas = linspace(beta_min / N, beta_max / N, N)``.
+        """The DDPM chain: ``betas = linspace(beta(0) T / N, beta(T) T / N, N)``.
 
-        These are the betas of Ho et al. 2020 (beta_min = 0.1, beta_max = 20, N = 1000 gives
-        their ``linspace(1e-4, 0.02, 1000)``) and of score_sde's ``VPSDE.discretize``. Latent i
-        (1-based) sits at ``t_i = i T / N``; the chain's alphas match ``alpha(t_i)`` to O(1/N).
+        For T = 1 these are the betas of Ho et al. 2020 (beta_min = 0.1, beta_max = 20,
+        N = 1000 gives their ``linspace(1e-4, 0.02, 1000)``) and of score_sde's
+        ``VPSDE.discretize``. Latent i (1-based) sits at ``t_i = i T / N``; the chain's alphas
+        match ``alpha(t_i)`` to O(1/N).
         """
         _check_steps(N)
         if self.beta_min == 0.0:
@@ -146,12 +149,13 @@ class VPSDE(VPFamily):
                 "beta_min = 0 makes the first DDPM beta exactly 0 (a noiseless step with infinite "
                 "log-SNR); use beta_min > 0 to discretize"
             )
-        if self.beta_max / N >= 1.0:
+        beta_end = self.beta_min + (self.beta_max - self.beta_min) * self.T
+        if beta_end * self.T / N >= 1.0:
             raise ValueError(
-                f"N must exceed beta_max so that every DDPM beta_i = beta(t) / N is < 1; got "
-                f"N={N} with beta_max={self.beta_max}"
+                f"N must exceed beta(T) T = {beta_end * self.T} so that every DDPM beta_i = "
+                f"beta(t) T / N is < 1; got N={N}"
             )
-        betas = torch.linspace(self.beta_min / N, self.beta_max / N, N, dtype=torch.float64)
+        betas = torch.linspace(self.beta_min, beta_end, N, dtype=torch.float64) * (self.T / N)
         log_ac = torch.cumsum(torch.log1p(-betas), 0)
         return DiscreteChain(
             self._chain_times(N),
@@ -238,8 +242,10 @@ class CosineVPSDE(VPFamily):
     """
 
     def __init__(self, s: float = 0.008, *, t_min: float = 1e-5, T: float = 0.9946) -> None:  # noqa: N803
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise ValueError(f"s must be a finite float, got s={s!r}")
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise TypeError(f"s must be a float, got {type(s).__name__}")
+        if not math.isfinite(s):
+            raise ValueError(f"s must be finite, got s={s}")
         if s <= 0:
             raise ValueError(f"s must be > 0 (the offset keeping beta finite at t = 0), got s={s}")
         if not T < 1.0:
@@ -284,33 +290,42 @@ class DiscreteVPSDE(VPFamily):
         log_ac = _validated_log_alphas_cumprod(betas, alphas_cumprod)
         n = int(log_ac.numel())
         self.num_steps = n
-        self._knot_t = torch.arange(n + 1, dtype=torch.float64) / n
-        self._knot_la = torch.cat([log_ac.new_zeros(1), 0.5 * log_ac])
-        self._slopes = torch.diff(self._knot_la) * n
+        knot_la = torch.cat([log_ac.new_zeros(1), 0.5 * log_ac])
+        self._knots_cpu = (
+            torch.arange(n + 1, dtype=torch.float64) / n,  # knot times i / N
+            knot_la,  # log alpha at the knots (strictly decreasing)
+            torch.diff(knot_la) * n,  # slope of log alpha on each segment = f(t)
+        )
+        self._knots_by_device: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         super().__init__(1.0 / n, 1.0)
+
+    def _knots(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(knot times, knot log alphas, slopes) on ``device``, copied there once."""
+        if device not in self._knots_by_device:
+            self._knots_by_device[device] = tuple(k.to(device) for k in self._knots_cpu)  # type: ignore[assignment]
+        return self._knots_by_device[device]
 
     def _params_repr(self) -> str:
         return f"N={self.num_steps}, "
 
-    def _segment(self, t: Tensor) -> Tensor:
-        idx = torch.searchsorted(self._knot_t.to(t.device), t.detach().contiguous(), right=True)
+    def _segment(self, t: Tensor, knot_t: Tensor) -> Tensor:
+        idx = torch.searchsorted(knot_t, t.detach().contiguous(), right=True)
         return (idx - 1).clamp(0, self.num_steps - 1)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
-        k = self._segment(t)
-        knot_t, knot_la = self._knot_t.to(t.device), self._knot_la.to(t.device)
-        return knot_la[k] + self._slopes.to(t.device)[k] * (t - knot_t[k])
+        knot_t, knot_la, slopes = self._knots(t.device)
+        k = self._segment(t, knot_t)
+        return knot_la[k] + slopes[k] * (t - knot_t[k])
 
     def _f(self, t: Tensor) -> Tensor:
-        return self._slopes.to(t.device)[self._segment(t)]
+        knot_t, _, slopes = self._knots(t.device)
+        return slopes[self._segment(t, knot_t)]
 
     def _t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
-        neg = -self._knot_la.to(log_alpha.device)  # increasing
-        idx = torch.searchsorted(neg, (-log_alpha).contiguous(), right=True)
+        knot_t, knot_la, slopes = self._knots(log_alpha.device)
+        idx = torch.searchsorted(-knot_la, (-log_alpha).contiguous(), right=True)
         k = (idx - 1).clamp(0, self.num_steps - 1)
-        return self._knot_t.to(log_alpha.device)[k] + (log_alpha - (-neg[k])) / self._slopes.to(
-            log_alpha.device
-        )[k]
+        return knot_t[k] + (log_alpha - knot_la[k]) / slopes[k]
 
     def discretize(self, N: int) -> DiscreteChain:  # noqa: N803
         """The chain at ``t_i = i / N``; for N equal to the source chain's length, that chain."""

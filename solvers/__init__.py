@@ -1,0 +1,78 @@
+"""Generic numerical layer of scoresde: terms, fixed-grid solvers, time grids, one loop.
+
+Depends on torch only (never on ``scoresde``). Typical use::
+
+    import solvers
+
+    term = solvers.ODETerm(lambda x, t: -x)
+    ts = solvers.uniform(1.0, 0.0, 50)  # decreasing grid: integrate backwards
+    sol = solvers.integrate(solvers.get_solver("euler"), term, x0, ts)
+    sol.x, sol.nfe
+"""
+
+from solvers.base import Solver as Solver
+from solvers.base import check_solver_class as check_solver_class
+from solvers.broadcast import append_dims as append_dims
+from solvers.integrate import NonFiniteError as NonFiniteError
+from solvers.integrate import Solution as Solution
+from solvers.integrate import integrate as integrate
+from solvers.integrate import standard_normal_noise as standard_normal_noise
+from solvers.ode_fixed import Euler as Euler
+from solvers.protocols import DenoiserTermLike as DenoiserTermLike
+from solvers.protocols import ODETermLike as ODETermLike
+from solvers.protocols import Schedule as Schedule
+from solvers.protocols import SDETermLike as SDETermLike
+from solvers.registry import SOLVERS as SOLVERS
+from solvers.registry import SolverInfo as SolverInfo
+from solvers.registry import UnknownSolverError as UnknownSolverError
+from solvers.registry import get_solver as get_solver
+from solvers.registry import register as register
+from solvers.registry import solvers_available as solvers_available
+from solvers.terms import DenoiserTerm as DenoiserTerm
+from solvers.terms import ODETerm as ODETerm
+from solvers.terms import SDETerm as SDETerm
+from solvers.terms import count_evaluations as count_evaluations
+from solvers.time_grids import GRIDS as GRIDS
+from solvers.time_grids import as_grid as as_grid
+from solvers.time_grids import karras as karras
+from solvers.time_grids import log_snr_uniform as log_snr_uniform
+from solvers.time_grids import make_grid as make_grid
+from solvers.time_grids import quadratic as quadratic
+from solvers.time_grids import uniform as uniform
+
+__all__ = [
+    # protocols
+    "ODETermLike",
+    "SDETermLike",
+    "Schedule",
+    "DenoiserTermLike",
+    # terms
+    "ODETerm",
+    "SDETerm",
+    "DenoiserTerm",
+    "count_evaluations",
+    # solver contract and the loop
+    "Solver",
+    "check_solver_class",
+    "integrate",
+    "Solution",
+    "NonFiniteError",
+    "standard_normal_noise",
+    "append_dims",
+    # solvers and registry
+    "Euler",
+    "SOLVERS",
+    "register",
+    "get_solver",
+    "solvers_available",
+    "SolverInfo",
+    "UnknownSolverError",
+    # time grids
+    "uniform",
+    "quadratic",
+    "log_snr_uniform",
+    "karras",
+    "as_grid",
+    "make_grid",
+    "GRIDS",
+]

@@ -1,0 +1,123 @@
+"""The :class:`Solver` contract: one small object per method, with declared orders and a pure
+``step`` (diffrax ``AbstractSolver``, torchdiffeq/torchsde step functions)."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Generic, TypeVar, cast
+
+from torch import Tensor
+
+__all__ = ["Solver", "check_solver_class"]
+
+TermT = TypeVar("TermT")
+StateT = TypeVar("StateT")
+
+
+class Solver(abc.ABC, Generic[TermT, StateT]):
+    """Base class of every fixed-grid solver; :func:`solvers.integrate` is the only loop.
+
+    A solver advances the state over one interval ``[t0, t1]`` of a time grid and nothing
+    else: no loop, no hidden mutable counters, no randomness of its own. Whatever it must
+    remember between steps (the history of a multistep method, a cached evaluation) lives in
+    the explicit ``state`` returned by :meth:`init` and threaded through :meth:`step`.
+
+    Class attributes (declared by every concrete subclass; checked by
+    :func:`check_solver_class`):
+
+    * ``order``: convergence order of the deterministic method (global error ``O(h^order)``).
+    * ``strong_order`` / ``weak_order``: orders for SDEs (``None`` if not applicable).
+    * ``stochastic``: if true, :func:`solvers.integrate` draws ``noise`` for every step.
+    * ``term_type``: the protocol the solver consumes (e.g. :class:`solvers.ODETermLike`);
+      ``integrate`` rejects other terms and hands the solver a wrapper exposing exactly it.
+    * ``evals_per_step``: network evaluations per step (for NFE budgeting; an individual step
+      may use fewer, e.g. the warm-up of a multistep method).
+
+    Step contract (:meth:`step`):
+
+    * ``t0`` and ``t1`` are 0-d ``float64`` tensors on ``x``'s device, consecutive points of
+      the grid. ``dt = t1 - t0`` may be negative (a decreasing grid integrates backwards);
+      solvers use ``t1 - t0`` as is and never negate it.
+    * ``x`` has shape ``(B, *dims)``; the returned state has the same shape, dtype and device.
+      Coefficients meet the state only through :func:`solvers.append_dims`.
+    * ``noise`` is ``None`` for deterministic solvers. For stochastic ones it is a standard
+      normal draw ``z ~ N(0, I)`` with ``x``'s shape, dtype and device; the Brownian increment
+      over the step is ``dW = sqrt(|t1 - t0|) * z``.
+    """
+
+    order: ClassVar[int]
+    strong_order: ClassVar[float | None] = None
+    weak_order: ClassVar[float | None] = None
+    stochastic: ClassVar[bool] = False
+    term_type: ClassVar[type]
+    evals_per_step: ClassVar[int]
+
+    def init(self, term: TermT, t0: Tensor, x: Tensor) -> StateT:
+        """Initial solver state before the first step (default: ``None``, stateless).
+
+        Args:
+            term: the (NFE-counting) term.
+            t0: first grid point, 0-d ``float64`` tensor on ``x``'s device.
+            x: initial state, shape ``(B, *dims)``.
+
+        Returns:
+            The state passed to the first :meth:`step`. Stateful solvers override this.
+        """
+        return cast(StateT, None)
+
+    @abc.abstractmethod
+    def step(
+        self,
+        term: TermT,
+        t0: Tensor,
+        t1: Tensor,
+        x: Tensor,
+        state: StateT,
+        noise: Tensor | None,
+    ) -> tuple[Tensor, StateT]:
+        """Advance ``x`` from ``t0`` to ``t1``.
+
+        Args:
+            term: the (NFE-counting) term, satisfying ``term_type``.
+            t0: start of the step, 0-d ``float64`` tensor on ``x``'s device.
+            t1: end of the step, same kind; ``t1 - t0`` may be negative.
+            x: state at ``t0``, shape ``(B, *dims)``.
+            state: solver state from :meth:`init` or the previous step.
+            noise: ``None`` if not ``stochastic``; else ``z ~ N(0, I)`` of ``x``'s shape with
+                ``dW = sqrt(|t1 - t0|) z``.
+
+        Returns:
+            ``(x1, state1)``: the state at ``t1`` (shape, dtype, device of ``x``) and the
+            solver state for the next step.
+        """
+
+
+def check_solver_class(cls: type) -> None:
+    """Check that ``cls`` is a concrete :class:`Solver` declaring its class attributes.
+
+    Raises:
+        TypeError: naming the class and the missing/invalid attribute.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise TypeError(f"expected a subclass of solvers.Solver, got {cls!r}")
+    name = cls.__qualname__
+    if getattr(cls, "__abstractmethods__", None):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TypeError(f"solver {name} is abstract (does not implement: {missing})")
+    order = getattr(cls, "order", None)
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise TypeError(f"solver {name} must declare a class attribute order: int >= 1")
+    evals = getattr(cls, "evals_per_step", None)
+    if isinstance(evals, bool) or not isinstance(evals, int) or evals < 0:
+        raise TypeError(f"solver {name} must declare a class attribute evals_per_step: int >= 0")
+    if not isinstance(getattr(cls, "term_type", None), type):
+        raise TypeError(
+            f"solver {name} must declare a class attribute term_type (a term protocol such as "
+            f"solvers.ODETermLike)"
+        )
+    if not isinstance(cls.stochastic, bool):
+        raise TypeError(f"solver {name}: class attribute stochastic must be a bool")
+    for attr in ("strong_order", "weak_order"):
+        value = getattr(cls, attr)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(f"solver {name}: class attribute {attr} must be a float or None")
