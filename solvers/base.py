@@ -51,19 +51,54 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
     stochastic: ClassVar[bool] = False
     term_type: ClassVar[type]
     evals_per_step: ClassVar[int]
+    default_grid: ClassVar[str] = "uniform"
+    """Name of the time grid (:data:`solvers.GRIDS`) this method is usually run on."""
 
-    def init(self, term: TermT, t0: Tensor, x: Tensor) -> StateT:
+    def init(self, term: TermT, ts: Tensor, x: Tensor) -> StateT:
         """Initial solver state before the first step (default: ``None``, stateless).
+
+        Solvers that need to know where they are on the grid (the last step of Heun, the
+        warm-up of a multistep method) or that precompute per-step coefficients from the whole
+        grid keep a Python-int step index and those tensors in their state; branching on the
+        index needs no host synchronisation.
 
         Args:
             term: the (NFE-counting) term.
-            t0: first grid point, 0-d ``float64`` tensor on ``x``'s device.
+            ts: the whole grid, ``(N + 1,)`` ``float64`` on ``x``'s device.
             x: initial state, shape ``(B, *dims)``.
 
         Returns:
             The state passed to the first :meth:`step`. Stateful solvers override this.
         """
         return cast(StateT, None)
+
+    def nfe_for_steps(self, n_steps: int) -> int:
+        """Network evaluations of a solve with ``n_steps`` steps (default
+        ``n_steps * evals_per_step``; methods that save an evaluation somewhere override it)."""
+        return n_steps * self.evals_per_step
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The largest step count whose :meth:`nfe_for_steps` is ``<= nfe``.
+
+        Raises:
+            ValueError: if even one step needs more than ``nfe`` evaluations.
+        """
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
+        if self.nfe_for_steps(1) > nfe:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.nfe_for_steps(1)} network evaluations for "
+                f"one step; nfe={nfe} is too small"
+            )
+        lo, hi = 1, 2
+        while self.nfe_for_steps(hi) <= nfe:  # exponential then binary search: nfe_for_steps
+            if hi > 2**24:  # is non-decreasing in the step count
+                raise ValueError(f"{type(self).__name__} uses no evaluations: no budget applies")
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.nfe_for_steps(mid) <= nfe else (lo, mid)
+        return lo
 
     @abc.abstractmethod
     def step(

@@ -188,7 +188,7 @@ def integrate(
     path: list[Tensor] | None = [x0] if save_path else None
     x = x0
     try:
-        state = solver.init(counted, ts[0], x)
+        state = solver.init(counted, ts, x)
         for i in range(n_steps):
             t0, t1 = ts[i], ts[i + 1]
             noise = standard_normal_noise(x, generator) if stochastic else None

@@ -289,10 +289,12 @@ def _karras_entry(
 GRIDS: dict[str, GridFn] = {
     "uniform": _uniform_entry,
     "quadratic": _quadratic_entry,
+    "logsnr": _log_snr_entry,
     "log_snr_uniform": _log_snr_entry,
     "karras": _karras_entry,
 }
-"""Grid name -> builder ``(schedule, t_start, t_end, n, **kwargs)``; add entries to extend."""
+"""Grid name -> builder ``(schedule, t_start, t_end, n, **kwargs)``; add entries to extend.
+``"logsnr"`` is the short name of ``"log_snr_uniform"``."""
 
 
 def make_grid(

@@ -372,7 +372,7 @@ def test_multistep_state_is_threaded() -> None:
         term_type = solvers.ODETermLike
         evals_per_step = 0
 
-        def init(self, term, t0, x):
+        def init(self, term, ts, x):
             return 10
 
         def step(self, term, t0, t1, x, state, noise):

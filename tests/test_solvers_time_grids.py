@@ -108,6 +108,7 @@ def test_make_grid_matches_the_builders(args: tuple[float, float, int], name: st
         "uniform": lambda: uniform(t_start, t_end, n),
         "quadratic": lambda: quadratic(t_start, t_end, n),
         "log_snr_uniform": lambda: log_snr_uniform(EDM, t_start, t_end, n),
+        "logsnr": lambda: log_snr_uniform(EDM, t_start, t_end, n),
         "karras": lambda: karras(EDM, t_start, t_end, n),
     }
     ts = make_grid(name, EDM, t_start, t_end, n)
