@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
+import solvers
 from scoresde.sde import SDE, TimeLike, _check_state
 
-__all__ = ["ScoreFn", "reverse_drift", "ReverseSDE", "ProbabilityFlowODE"]
+__all__ = ["ScoreFn", "reverse_drift", "ReverseSDE", "ProbabilityFlowODE", "solver_term"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """A score ``s(x, t)``: x of shape (B, ...), t of shape () or (B,); returns x's shape."""
@@ -88,3 +90,32 @@ class ProbabilityFlowODE:
 
     def velocity(self, x: Tensor, t: TimeLike) -> Tensor:
         return reverse_drift(self.sde, self.score, x, t, probability_flow=True)
+
+
+_TERM_BUILDERS: dict[type, Callable[[Any], object]] = {
+    solvers.ODETermLike: lambda model: ProbabilityFlowODE(model.sde, model.score),
+    solvers.SDETermLike: lambda model: ReverseSDE(model.sde, model.score),
+    solvers.DenoiserTermLike: lambda model: solvers.DenoiserTerm(model.x0, model.sde),
+}
+
+
+def solver_term(model: Any, term_type: type) -> object:
+    """The term a solver declaring ``term_type`` consumes, built from a score model.
+
+    ``ODETermLike`` -> :class:`ProbabilityFlowODE` (velocity from ``model.score``);
+    ``SDETermLike`` -> :class:`ReverseSDE`; ``DenoiserTermLike`` -> ``solvers.DenoiserTerm``
+    with ``model.x0`` and the SDE as its log-SNR schedule (for exponential integrators).
+
+    Args:
+        model: anything with ``sde``, ``score(x, t)`` and ``x0(x, t)`` (a ScoreModel, an oracle).
+        term_type: a solver's ``term_type`` protocol.
+    """
+    try:
+        build = _TERM_BUILDERS[term_type]
+    except KeyError:
+        known = ", ".join(t.__name__ for t in _TERM_BUILDERS)
+        raise TypeError(
+            f"no term for solvers of term_type {getattr(term_type, '__name__', term_type)}; "
+            f"scoresde builds {known}"
+        ) from None
+    return build(model)

@@ -218,9 +218,10 @@ class SDE(abc.ABC):
         # Checks need the values on the host: done for CPU tensors and Python numbers; skipped
         # on accelerators, where they would cost a host synchronisation on every call.
         if t64.device.type == "cpu" and t64.numel() > 0:
-            if not bool(torch.isfinite(t64).all()):
-                raise ValueError(f"{name} must be finite, got {t64.flatten()[:8].tolist()} ...")
-            lo, hi = float(t64.min()), float(t64.max())
+            t_host = t64.detach()
+            if not bool(torch.isfinite(t_host).all()):
+                raise ValueError(f"{name} must be finite, got {t_host.flatten()[:8].tolist()} ...")
+            lo, hi = float(t_host.min()), float(t_host.max())
             if lo < self.t_min - _slack(self.t_min) or hi > self.T + _slack(self.T):
                 raise ValueError(
                     f"{name} must lie in [t_min, T] = [{self.t_min}, {self.T}] for {self!r}; "

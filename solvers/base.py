@@ -77,6 +77,15 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
         ``n_steps * evals_per_step``; methods that save an evaluation somewhere override it)."""
         return n_steps * self.evals_per_step
 
+    def for_budget(self, nfe: int) -> tuple[Solver[TermT, StateT], int]:
+        """This solver configured to spend at most ``nfe`` evaluations, and its step count.
+
+        The default keeps the solver as is and takes :meth:`steps_for_nfe` steps. Methods whose
+        per-step cost can vary (single-step DPM-Solver of order k lowers the order of its last
+        step to use the budget exactly; adaptive methods take ``nfe`` as their cap) override it.
+        """
+        return self, self.steps_for_nfe(nfe)
+
     def steps_for_nfe(self, nfe: int) -> int:
         """The largest step count whose :meth:`nfe_for_steps` is ``<= nfe``.
 
