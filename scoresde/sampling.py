@@ -184,7 +184,15 @@ def sample(
     final_cost = 1 if denoise_final else 0
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
         raise ValueError(f"nfe must be an int >= 1 (the evaluation budget), got nfe={nfe!r}")
-    if isinstance(grid, Tensor):
+    if type(solver).adaptive:
+        # adaptive methods choose their own steps: nfe is a cap (None: no cap) and the grid
+        # holds the output times (a grid name: just [T, t_min])
+        if nfe is not None:
+            if nfe - final_cost < 1:
+                raise ValueError(f"nfe={nfe} leaves nothing for the solver after denoise_final")
+            solver, _ = solver.for_budget(nfe - final_cost)
+        ts = _grid(solver, sde, grid, 1)
+    elif isinstance(grid, Tensor):
         ts = _grid(solver, sde, grid, 0)
         n_steps = ts.numel() - 1
         cost = solver.nfe_for_steps(n_steps) + final_cost

@@ -10,14 +10,36 @@ Depends on torch only (never on ``scoresde``). Typical use::
     sol.x, sol.nfe
 """
 
+from solvers.adaptive import AdaptiveHeun as AdaptiveHeun
+from solvers.adaptive import AdaptiveSolver as AdaptiveSolver
+from solvers.adaptive import AdaptiveStepError as AdaptiveStepError
+from solvers.adaptive import Bosh3 as Bosh3
+from solvers.adaptive import Dopri5 as Dopri5
+from solvers.adaptive import Dopri8 as Dopri8
+from solvers.adaptive import ScipyDOP853 as ScipyDOP853
+from solvers.adaptive import ScipyRK45 as ScipyRK45
 from solvers.base import Solver as Solver
 from solvers.base import check_solver_class as check_solver_class
 from solvers.broadcast import append_dims as append_dims
+from solvers.exponential import DDIM as DDIM
+from solvers.exponential import DPMSolver2 as DPMSolver2
+from solvers.exponential import DPMSolver3 as DPMSolver3
+from solvers.exponential import DPMSolverPP2M as DPMSolverPP2M
+from solvers.exponential import DPMSolverPP2S as DPMSolverPP2S
+from solvers.exponential import DPMSolverPP3M as DPMSolverPP3M
+from solvers.exponential_multistep import DEIS as DEIS
+from solvers.exponential_multistep import PLMS as PLMS
+from solvers.exponential_multistep import UniPC as UniPC
 from solvers.integrate import NonFiniteError as NonFiniteError
 from solvers.integrate import Solution as Solution
 from solvers.integrate import integrate as integrate
 from solvers.integrate import standard_normal_noise as standard_normal_noise
+from solvers.linear_multistep import IPNDM as IPNDM
+from solvers.linear_multistep import IPNDMVariable as IPNDMVariable
+from solvers.ode_fixed import RK4 as RK4
 from solvers.ode_fixed import Euler as Euler
+from solvers.ode_fixed import Heun as Heun
+from solvers.ode_fixed import Midpoint as Midpoint
 from solvers.protocols import DenoiserTermLike as DenoiserTermLike
 from solvers.protocols import ODETermLike as ODETermLike
 from solvers.protocols import Schedule as Schedule
@@ -61,6 +83,28 @@ __all__ = [
     "append_dims",
     # solvers and registry
     "Euler",
+    "Heun",
+    "Midpoint",
+    "RK4",
+    "IPNDM",
+    "IPNDMVariable",
+    "DDIM",
+    "DPMSolver2",
+    "DPMSolver3",
+    "DPMSolverPP2S",
+    "DPMSolverPP2M",
+    "DPMSolverPP3M",
+    "UniPC",
+    "PLMS",
+    "DEIS",
+    "AdaptiveSolver",
+    "AdaptiveStepError",
+    "Dopri5",
+    "Bosh3",
+    "AdaptiveHeun",
+    "Dopri8",
+    "ScipyRK45",
+    "ScipyDOP853",
     "SOLVERS",
     "register",
     "get_solver",

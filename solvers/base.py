@@ -51,6 +51,9 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
     stochastic: ClassVar[bool] = False
     term_type: ClassVar[type]
     evals_per_step: ClassVar[int]
+    adaptive: ClassVar[bool] = False
+    """True for step-size-controlled methods (:class:`solvers.adaptive.AdaptiveSolver`), which
+    choose their own steps: ``integrate`` hands them the whole interval."""
     default_grid: ClassVar[str] = "uniform"
     """Name of the time grid (:data:`solvers.GRIDS`) this method is usually run on."""
 
@@ -71,6 +74,24 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
             The state passed to the first :meth:`step`. Stateful solvers override this.
         """
         return cast(StateT, None)
+
+    @property
+    def convergence_order(self) -> int:
+        """Global order of this configured instance (default: the class's ``order``).
+
+        Solvers whose order is an option (UniPC's p, DEIS's k) override it; the registry reports
+        the default instance's value."""
+        return type(self).order
+
+    @property
+    def cold_start_order(self) -> int:
+        """The global order as the method is run from a single initial value.
+
+        Multistep methods fill their history with lower-order steps; the first step's local
+        error then caps the global order (for ``h -> 0``) below :attr:`convergence_order`.
+        Sampling from high noise, where the solution is nearly straight, that cap usually only
+        shows at very many steps. Default: :attr:`convergence_order`."""
+        return self.convergence_order
 
     def nfe_for_steps(self, n_steps: int) -> int:
         """Network evaluations of a solve with ``n_steps`` steps (default

@@ -147,6 +147,10 @@ def integrate(
       enabled to backpropagate through the solve.
     * Finiteness: tracked on the device without host synchronisation; a single check after the
       loop raises :class:`NonFiniteError` naming the first step whose result was NaN/inf.
+    * Adaptive solvers (:class:`solvers.adaptive.AdaptiveSolver`: dopri5, rk45, ...) choose
+      their own steps: ``ts`` are then the output times (``ts[0]`` start, ``ts[-1]`` end,
+      the path is saved at every point), the callback runs once per output time after the
+      solve, and the solve may end with ``AdaptiveStepError`` (minimum step, ``max_nfe``).
 
     Args:
         solver: a :class:`solvers.Solver` instance (e.g. ``solvers.Euler()``).
@@ -171,6 +175,10 @@ def integrate(
     _check_term(solver, term)
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite, got NaN or inf entries")
+    from solvers.adaptive import AdaptiveSolver  # here: solvers.adaptive imports this module
+
+    if isinstance(solver, AdaptiveSolver):
+        return _integrate_adaptive(solver, term, x0, ts, callback, save_path, progress)
     name = type(solver).__name__
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     ts = ts.to(device)
@@ -224,3 +232,41 @@ def integrate(
         ts=ts,
         path=torch.stack(path) if path is not None else None,
     )
+
+
+def _integrate_adaptive(
+    solver: Any,
+    term: object,
+    x0: Tensor,
+    ts: Tensor,
+    callback: Callback | None,
+    save_path: bool,
+    progress: bool,
+) -> Solution:
+    """:func:`integrate` for an adaptive solver (``solvers.AdaptiveSolver``): the solver picks
+    its own steps and ``ts`` are the output times. The callback runs once per output time
+    ``ts[1:]``, after the solve, with the saved state there."""
+    name = type(solver).__name__
+    shape, dtype, device = x0.shape, x0.dtype, x0.device
+    ts = ts.to(device)
+    counted = count_evaluations(term, type(solver).term_type)
+    x, path = solver.solve(
+        counted, x0, ts, save_path=save_path or callback is not None, progress=progress
+    )
+    if x.shape != shape:
+        raise RuntimeError(
+            f"solver {name} returned a state of shape {tuple(x.shape)}, expected {tuple(shape)}"
+        )
+    x = x.to(dtype=dtype, device=device)
+    if path is not None:
+        path = path.to(dtype=dtype, device=device)
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(
+            f"integrate with solver {name}: the final state at t = {ts[-1].item()!r} is "
+            f"non-finite (NaN or inf)"
+        )
+    if callback is not None:
+        assert path is not None
+        for i in range(ts.numel() - 1):
+            callback(i, ts[i + 1], path[i + 1])
+    return Solution(x=x, nfe=counted.nfe, ts=ts, path=path if save_path else None)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from solvers import adaptive, exponential, exponential_multistep, linear_multistep, ode_fixed
 from solvers.base import Solver, check_solver_class
-from solvers.ode_fixed import Euler
 
 __all__ = [
     "SOLVERS",
@@ -24,7 +24,11 @@ __all__ = [
 SolverT = TypeVar("SolverT", bound=type[Solver[Any, Any]])
 
 SOLVERS: dict[str, type[Solver[Any, Any]]] = {
-    "euler": Euler,
+    **ode_fixed.BUILTINS,
+    **linear_multistep.BUILTINS,
+    **exponential.BUILTINS,
+    **exponential_multistep.BUILTINS,
+    **adaptive.BUILTINS,
 }
 """Name -> solver class. Built-ins are listed here; :func:`register` adds user solvers."""
 
@@ -126,7 +130,7 @@ def solvers_available() -> list[SolverInfo]:
         SolverInfo(
             name=name,
             kind="sde" if cls.stochastic else "ode",
-            order=cls.order,
+            order=get_solver(name).convergence_order,
             strong_order=cls.strong_order,
             weak_order=cls.weak_order,
             evals_per_step=cls.evals_per_step,

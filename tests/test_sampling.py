@@ -9,9 +9,7 @@ import scoresde as sd
 import solvers
 
 FIXED = sorted(
-    name
-    for name, cls in solvers.SOLVERS.items()
-    if not cls.stochastic and not getattr(cls, "adaptive", False)
+    name for name, cls in solvers.SOLVERS.items() if not cls.stochastic and not cls.adaptive
 )
 ALL = sorted(solvers.SOLVERS)
 SDES = {
@@ -43,6 +41,9 @@ def test_every_method_respects_the_budget(method, nfe):
     except ValueError as err:  # a method that needs more than nfe for one step says so
         assert "too small" in str(err) or "nfe" in str(err)
         return
+    except solvers.AdaptiveStepError as err:  # an adaptive method stops at its cap, saying so
+        assert solvers.SOLVERS[method].adaptive and err.nfe <= nfe and "nfe" in str(err)
+        return
     assert res.nfe <= nfe
     assert torch.isfinite(res.x).all()
     assert res.ts[0] == model.sde.T and res.ts[-1] == model.sde.t_min
@@ -51,14 +52,19 @@ def test_every_method_respects_the_budget(method, nfe):
 @pytest.mark.parametrize("method", FIXED)
 @pytest.mark.parametrize("family", sorted(SDES))
 def test_every_fixed_step_method_works_with_every_sde(method, family):
-    """At a moderate budget every method lands near the exact PF-ODE solution."""
+    """Every method converges towards the exact PF-ODE solution on its default grid: the error
+    at 200 evaluations is small on the data's scale and well below the error at 50."""
     sde = SDES[family]
     model = _gaussian_oracle(sde)
     x_T = sde.prior_sample((16, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
-    res = sd.sample(model, method, 200, x_init=x_T)
     exact = model.flow_map(x_T, sde.T, sde.t_min)
+    err = {
+        nfe: float((sd.sample(model, method, nfe, x_init=x_T).x - exact).abs().max())
+        for nfe in (50, 200)
+    }
     scale = float(exact.abs().max())
-    assert float((res.x - exact).abs().max()) < 0.05 * scale, method
+    assert err[200] < 0.15 * scale, (method, err)
+    assert err[200] < 0.6 * err[50], (method, err)
 
 
 def test_denoise_final_spends_one_evaluation_on_tweedie():
@@ -140,34 +146,58 @@ def test_solvers_available_lists_every_registered_method():
     infos = sd.solvers_available()
     assert {i.name for i in infos} == set(solvers.SOLVERS)
     for info in infos:
-        assert info.kind in ("ode", "sde") and info.order >= 1
+        assert info.kind in ("ode", "sde")
+        assert info.order == solvers.get_solver(info.name).convergence_order >= 1
 
 
-def _slope(sde, model, method, budgets):
-    x_T = sde.prior_sample((8, 2), torch.Generator().manual_seed(3), dtype=torch.float64)
-    exact = model.flow_map(x_T, sde.T, sde.t_min)
-    errs, evals = [], []
-    for nfe in budgets:
-        res = sd.sample(model, method, nfe, x_init=x_T, grid="logsnr")
+_REFERENCES: dict[str, tuple] = {}
+
+
+def _reference(family):
+    """A two-component mixture (no special cancellations, unlike a single Gaussian), the time
+    t_end where log-SNR = 2, and the PF-ODE solution from T to t_end by scipy's DOP853 at
+    rtol = atol = 1e-12 in float64. Stopping at log-SNR 2 rather than t_min keeps the measured
+    slope at the methods' order: towards t_min the x0-prediction flattens and the leading
+    error terms of some multistep methods cancel (they then converge faster than their order)."""
+    if family not in _REFERENCES:
+        sde = SDES[family]
+        model = _mixture_oracle(sde)
+        x_T = sde.prior_sample((8, 2), torch.Generator().manual_seed(3), dtype=torch.float64)
+        t_end = float(sde.t_from_log_snr(torch.tensor(2.0, dtype=torch.float64)))
+        span = torch.tensor([sde.T, t_end], dtype=torch.float64)
+        ref = sd.sample(model, solvers.ScipyDOP853(rtol=1e-12, atol=1e-12), x_init=x_T, grid=span)
+        _REFERENCES[family] = (model, x_T, t_end, ref.x)
+    return _REFERENCES[family]
+
+
+def _slope(family, solver, steps):
+    """Slope of log error against log steps on the log-SNR grid from T to t_end; every step at
+    the solver's own order (a fixed grid, so no budget-driven order lowering)."""
+    model, x_T, t_end, exact = _reference(family)
+    errs = []
+    for n in steps:
+        grid = solvers.make_grid("logsnr", model.sde, model.sde.T, t_end, n)
+        res = sd.sample(model, solver, x_init=x_T, grid=grid)
+        assert res.nfe == solver.nfe_for_steps(n)
         errs.append(float((res.x - exact).abs().max()))
-        evals.append(res.nfe)
-    return -np.polyfit(np.log(evals), np.log(errs), 1)[0], errs
+    return -np.polyfit(np.log(steps), np.log(errs), 1)[0], errs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", FIXED)
 @pytest.mark.parametrize("family", sorted(SDES))
 def test_convergence_order_through_sample(method, family):
-    """Empirical order (error vs NFE on the log-SNR grid) within 0.35 of the declared order."""
-    sde = SDES[family]
-    model = _gaussian_oracle(sde)
-    order = solvers.SOLVERS[method].order
-    budgets = [64, 96, 128, 192] if order <= 2 else [24, 32, 48, 64]
-    slope, errs = _slope(sde, model, method, budgets)
-    assert abs(slope - order) < 0.35, (method, family, slope, errs)
+    """Empirical order within 0.35 of the declared order; multistep methods started by
+    lower-order steps may show their cold-start order instead (``cold_start_order``), where the
+    first steps' error dominates."""
+    solver = solvers.get_solver(method)
+    slope, errs = _slope(family, solver, [64, 96, 128, 192, 256])
+    low, high = solver.cold_start_order - 0.35, solver.convergence_order + 0.35
+    assert low < slope < high, (method, family, slope, errs)
 
 
-def test_euler_order_through_sample():
-    sde = SDES["edm"]
-    slope, errs = _slope(sde, _gaussian_oracle(sde), "euler", [64, 128, 256])
-    assert abs(slope - 1) < 0.35, (slope, errs)
+@pytest.mark.parametrize(("method", "order"), [("euler", 1), ("dpmpp_2m", 2), ("heun", 2)])
+def test_orders_through_sample_fast_subset(method, order):
+    """The fast subset of the sweep above (EDM)."""
+    slope, errs = _slope("edm", solvers.get_solver(method), [32, 64, 128])
+    assert abs(slope - order) < 0.35, (method, slope, errs)
