@@ -5,6 +5,30 @@ SDE / probability-flow ODE terms. Implementation lives in private-by-convention 
 import from ``scoresde`` rather than from deep paths.
 """
 
+from scoresde.data import Baselines as Baselines
+from scoresde.data import Dataset as Dataset
+from scoresde.data import baselines as baselines
+from scoresde.data import categorical_bits_per_dim as categorical_bits_per_dim
+from scoresde.data import load_digits as load_digits
+from scoresde.data import load_image_folder as load_image_folder
+from scoresde.data import load_mnist_subset as load_mnist_subset
+from scoresde.data import load_npz as load_npz
+from scoresde.data import load_toy as load_toy
+from scoresde.data import sample_toy as sample_toy
+from scoresde.data import uniform_bits_per_dim as uniform_bits_per_dim
+from scoresde.losses import T_SAMPLERS as T_SAMPLERS
+from scoresde.losses import WEIGHTINGS as WEIGHTINGS
+from scoresde.losses import LossOutput as LossOutput
+from scoresde.losses import Perturbed as Perturbed
+from scoresde.losses import TimeSampler as TimeSampler
+from scoresde.losses import Weighting as Weighting
+from scoresde.losses import dsm_loss as dsm_loss
+from scoresde.losses import dsm_loss_at as dsm_loss_at
+from scoresde.losses import get_t_sampler as get_t_sampler
+from scoresde.losses import get_weighting as get_weighting
+from scoresde.losses import perturb as perturb
+from scoresde.models import MLP as MLP
+from scoresde.models import UNet as UNet
 from scoresde.oracle import GaussianMixture as GaussianMixture
 from scoresde.oracle import GaussianMixtureOracle as GaussianMixtureOracle
 from scoresde.oracle import LabeledSample as LabeledSample
@@ -59,4 +83,28 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureOracle",
     "LabeledSample",
+    "dsm_loss",
+    "dsm_loss_at",
+    "LossOutput",
+    "perturb",
+    "Perturbed",
+    "Weighting",
+    "WEIGHTINGS",
+    "get_weighting",
+    "TimeSampler",
+    "T_SAMPLERS",
+    "get_t_sampler",
+    "MLP",
+    "UNet",
+    "Dataset",
+    "load_toy",
+    "sample_toy",
+    "load_digits",
+    "load_mnist_subset",
+    "load_npz",
+    "load_image_folder",
+    "Baselines",
+    "baselines",
+    "uniform_bits_per_dim",
+    "categorical_bits_per_dim",
 ]
