@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from solvers.base import Solver
+from solvers.base import Solver, check_nfe
 from solvers.integrate import NonFiniteError
 from solvers.protocols import ODETermLike
 from solvers.time_grids import check_grid
@@ -191,8 +191,7 @@ class AdaptiveSolver(Solver[ODETermLike, None]):
         Raises:
             ValueError: ``nfe`` is not an int >= 1.
         """
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-            raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
+        check_nfe(nfe)
         cap = nfe if self.max_nfe is None else min(nfe, self.max_nfe)
         return replace(self, max_nfe=cap), 1
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Generic, TypeVar, cast
 
 from torch import Tensor
 
-__all__ = ["Solver", "check_solver_class"]
+__all__ = ["Solver", "check_solver_class", "check_nfe"]
 
 TermT = TypeVar("TermT")
 StateT = TypeVar("StateT")
@@ -113,8 +113,7 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
         Raises:
             ValueError: if even one step needs more than ``nfe`` evaluations.
         """
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-            raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
+        check_nfe(nfe)
         if self.nfe_for_steps(1) > nfe:
             raise ValueError(
                 f"{type(self).__name__} needs {self.nfe_for_steps(1)} network evaluations for "
@@ -155,6 +154,16 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
             ``(x1, state1)``: the state at ``t1`` (shape, dtype, device of ``x``) and the
             solver state for the next step.
         """
+
+
+def check_nfe(nfe: object) -> None:
+    """Validate an evaluation budget (the one check behind every ``for_budget``/``steps_for_nfe``).
+
+    Raises:
+        ValueError: ``nfe`` is not an int >= 1 (a bool is not an int here).
+    """
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
 
 
 def check_solver_class(cls: type) -> None:

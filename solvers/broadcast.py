@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["append_dims"]
+__all__ = ["append_dims", "coef"]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -38,3 +38,17 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     if v.ndim == 0 or missing == 0:
         return v
     return v.reshape(*v.shape, *([1] * missing))
+
+
+def coef(c: Tensor, x: Tensor) -> Tensor:
+    """A (float64) coefficient of shape ``()`` or ``(B,)`` made ready to meet the state ``x``:
+    broadcast with :func:`append_dims` and cast to ``x.dtype`` (no host synchronisation).
+
+    Args:
+        c: coefficient, shape ``()`` or ``(B,)``, any float dtype (solvers compute in float64).
+        x: the state it multiplies, shape ``(B, *dims)``.
+
+    Returns:
+        ``c`` with shape ``()`` or ``(B, 1, ..., 1)`` and dtype ``x.dtype``.
+    """
+    return append_dims(c, x.ndim).to(dtype=x.dtype)

@@ -25,11 +25,13 @@ log-SNR, alpha and sigma at every grid point and at the intermediate points
 ``t_from_log_snr(lambda_s + r h)`` of the single-step methods); ``step`` indexes them with a
 Python-int step index (no host synchronisation) and casts them to the state dtype.
 
-The small free functions at the top (:func:`half_log_snr`, :class:`LogSNRPoints`,
-:func:`log_snr_points`, :func:`points_at_half_log_snr`, :func:`phi`, :func:`eps_from_x0`,
-:func:`multistep_orders`, :func:`coef`) are the shared log-SNR maths of all exponential
-integrators, meant to be imported by the other log-SNR solvers (UniPC, DEIS, ... in
-:mod:`solvers.exponential_multistep`) rather than re-derived there.
+The shared part at the top is imported by the other log-SNR solvers (UniPC, PLMS, DEIS in
+:mod:`solvers.exponential_multistep`) rather than re-derived there: the log-SNR maths
+(:func:`half_log_snr`, :class:`LogSNRPoints`, :func:`log_snr_points`,
+:func:`points_at_half_log_snr`, :func:`phi`, :func:`eps_from_x0`, :func:`coef`), the per-step
+orders of multistep methods with the one ``lower_order_final`` rule
+(:func:`multistep_orders`), the one state class (:class:`ExponentialState`) and the one
+multistep step (:class:`MultistepTable`, :class:`ExponentialMultistep`).
 
 Sources: Song et al. 2021, "Denoising Diffusion Implicit Models" (DDIM); Lu et al. 2022a,
 "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps"
@@ -40,16 +42,17 @@ integrators" (Acta Numerica; the ``phi`` functions).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
-from solvers.base import Solver
-from solvers.broadcast import append_dims
+from solvers.base import Solver, check_nfe
+from solvers.broadcast import coef
 from solvers.protocols import DenoiserTermLike, Schedule
 
 __all__ = [
@@ -61,9 +64,12 @@ __all__ = [
     "phi",
     "eps_from_x0",
     "multistep_orders",
+    "check_lower_order_final",
     "coef",
-    "LOWER_ORDER_FINAL_MAX_STEPS",
+    "combine",
     "ExponentialState",
+    "MultistepTable",
+    "ExponentialMultistep",
     # solvers
     "DDIM",
     "DPMSolver2",
@@ -204,38 +210,50 @@ def eps_from_x0(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     return (x - coef(alpha, x) * x0) / coef(sigma, x)
 
 
-def coef(c: Tensor, x: Tensor) -> Tensor:
-    """A float64 coefficient of shape ``()`` or ``(B,)`` made ready to meet the state ``x``:
-    broadcast with :func:`solvers.append_dims` and cast to ``x.dtype`` (no host sync)."""
-    return append_dims(c, x.ndim).to(dtype=x.dtype)
+def check_lower_order_final(value: object) -> None:
+    """Validate a ``lower_order_final`` option (see :func:`multistep_orders`).
+
+    Raises:
+        TypeError: ``value`` is not ``None``, ``True`` or ``False``.
+    """
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"lower_order_final must be None, True or False, got {value!r}")
 
 
-LOWER_ORDER_FINAL_MAX_STEPS = 15
-"""``lower_order_final`` lowers the order of the final steps of multistep methods only when
-the solve has fewer steps than this (diffusers' ``DPMSolverMultistepScheduler`` rule; the
-dpm-solver reference code uses 10)."""
-
-
-def multistep_orders(n_steps: int, order: int, lower_order_final: bool) -> tuple[int, ...]:
+def multistep_orders(
+    n_steps: int,
+    order: int,
+    lower_order_final: bool | None = False,
+    lower_order_final_steps: int = 0,
+) -> tuple[int, ...]:
     """Per-step orders of a multistep method of order ``order`` over ``n_steps`` steps.
 
     Step ``i`` (0-based) uses the ``i`` previous evaluations it has, so its order is at most
-    ``i + 1`` (warm-up: 1, 2, ..., ``order``). With ``lower_order_final`` and
-    ``n_steps < LOWER_ORDER_FINAL_MAX_STEPS`` (15), step ``i`` is also limited to
-    ``n_steps - i``: the last step is first order and the one before at most second order
-    (Lu et al. 2022b, Sec. 5 / dpm-solver ``lower_order_final``; diffusers' rule), which
-    stabilises very few-step sampling where the last log-SNR steps are large. For example
+    ``i + 1`` (warm-up: 1, 2, ..., ``order``). The final-step rule (Lu et al. 2022b, Sec. 5 /
+    dpm-solver ``lower_order_final``; UniPC) also limits step ``i`` to ``n_steps - i``: the last
+    step is first order and the one before at most second order, which stabilises very few-step
+    sampling where the last log-SNR steps are large. For example
     ``multistep_orders(6, 3, True) == (1, 2, 3, 3, 2, 1)``.
+
+    ``lower_order_final`` means the same for every multistep method of the package (DPM-Solver++
+    2M/3M, UniPC): ``True`` applies the rule always, ``False`` never, and ``None`` (their
+    default) only to solves of fewer than ``lower_order_final_steps`` steps, the method's class
+    attribute of that name (15 for DPM-Solver++, diffusers' ``DPMSolverMultistepScheduler``
+    rule; 10 for UniPC, the dpm-solver reference code's rule).
 
     Args:
         n_steps: number of steps, >= 1.
         order: the method's order, >= 1.
-        lower_order_final: apply the final-step rule.
+        lower_order_final: ``True``, ``False`` or ``None`` (see above).
+        lower_order_final_steps: the threshold used when ``lower_order_final`` is ``None``.
 
     Returns:
         A tuple of ``n_steps`` ints in ``[1, order]``.
     """
-    lower = lower_order_final and n_steps < LOWER_ORDER_FINAL_MAX_STEPS
+    if lower_order_final is None:
+        lower = n_steps < lower_order_final_steps
+    else:
+        lower = lower_order_final
     return tuple(
         min(order, i + 1, n_steps - i) if lower else min(order, i + 1) for i in range(n_steps)
     )
@@ -246,14 +264,16 @@ TableT = TypeVar("TableT")
 
 @dataclass(frozen=True)
 class ExponentialState(Generic[TableT]):
-    """State of an exponential integrator between steps.
+    """State of an exponential integrator between steps (every solver of this module and of
+    :mod:`solvers.exponential_multistep`).
 
     Attributes:
         index: the 0-based index of the next step (a Python int: branching on it needs no
             host synchronisation).
-        table: the method's per-step coefficients, computed once by ``init`` (float64).
-        history: previous x0 predictions of a multistep method, most recent first (empty for
-            single-step methods).
+        table: the method's per-step coefficients, computed once by ``init`` for the whole
+            grid (e.g. a :class:`MultistepTable`).
+        history: previous evaluations of a multistep method (x0 or noise predictions), most
+            recent first (empty for single-step methods).
     """
 
     index: int
@@ -265,22 +285,95 @@ def _steps(ts: Tensor) -> int:
     return int(ts.numel()) - 1
 
 
-# =========================================================================== multistep (x0)
+def combine(x_coef: Tensor, x: Tensor, weights: Tensor, ys: Sequence[Tensor]) -> Tensor:
+    """``x_coef * x + sum_j weights[j] * ys[j]`` (0-d coefficients in ``x``'s dtype)."""
+    out = x_coef * x
+    for j, y in enumerate(ys):
+        out = out + weights[j] * y
+    return out
 
 
 @dataclass(frozen=True)
-class _MultistepTable:
-    """Per-step coefficients of the data-prediction multistep family (``N`` steps):
-    ``x_{i+1} = ratio[i] x_i + sum_j weights[i, j] x0_{i-j}`` with ``x0_{i-j}`` the x0
-    prediction made at grid point ``i - j``."""
+class MultistepTable:
+    """Per-step coefficients of a one-evaluation multistep method over a grid of ``N`` steps:
+
+        x_{i+1} = x_coef[i] x_i + sum_{j < orders[i]} weights[i, j] y_{i-j}
+
+    with ``y`` the method's evaluations, newest first (x0 predictions for DDIM and
+    DPM-Solver++(2M)/(3M) and UniPC's predictor, noise predictions for PLMS and DEIS). Built
+    once by ``init`` in float64, stored in the state's dtype and on its device.
+
+    Attributes:
+        orders: the order of every step (warm-up and final steps included), Python ints.
+        x_coef: ``(N,)`` coefficients of ``x_i``.
+        weights: ``(N, K)`` weights of the history, ``K`` the largest order of the method
+            (zero past the order of a step).
+    """
 
     orders: tuple[int, ...]
-    ratio: Tensor  # (N,) sigma_{i+1} / sigma_i
-    weights: Tensor  # (N, 3)
+    x_coef: Tensor
+    weights: Tensor
+
+    @property
+    def history_length(self) -> int:
+        """Evaluations a later step can use: ``K - 1`` (a Python int, from the shape)."""
+        return int(self.weights.shape[1]) - 1
+
+    def update(self, i: int, x: Tensor, ys: Sequence[Tensor]) -> Tensor:
+        """Step ``i``: ``x_coef[i] x + sum_{j < orders[i]} weights[i, j] ys[j]``."""
+        return combine(self.x_coef[i], x, self.weights[i], ys[: self.orders[i]])
 
 
-def _multistep_table(pts: LogSNRPoints, orders: tuple[int, ...]) -> _MultistepTable:
-    """Coefficients of DDIM / DPM-Solver++(2M) / (3M) steps of the given orders, in float64.
+MultistepTableT = TypeVar("MultistepTableT", bound=MultistepTable)
+
+
+class ExponentialMultistep(Solver[DenoiserTermLike, ExponentialState[MultistepTableT]]):
+    """Shared step of the one-evaluation multistep methods whose steps are the rows of a
+    :class:`MultistepTable` (DDIM, DPM-Solver++(2M)/(3M), PLMS, DEIS): evaluate ``y_i`` at
+    ``(x_i, t_i)`` (:meth:`evaluate`: the x0 prediction unless overridden), take the table's
+    update and keep the newest ``history_length`` evaluations in the state. Subclasses build
+    the table in :meth:`init`."""
+
+    term_type = DenoiserTermLike
+    evals_per_step = 1
+
+    @abc.abstractmethod
+    def init(
+        self, term: DenoiserTermLike, ts: Tensor, x: Tensor
+    ) -> ExponentialState[MultistepTableT]:
+        """The :class:`MultistepTable` of the whole grid ``ts`` ``(N + 1,)``, index 0."""
+
+    def evaluate(
+        self, term: DenoiserTermLike, x: Tensor, t: Tensor, table: MultistepTableT, i: int
+    ) -> Tensor:
+        """The value the history holds for step ``i``: the x0 prediction ``D(x, t)``."""
+        return term.denoise(x, t)
+
+    def step(
+        self,
+        term: DenoiserTermLike,
+        t0: Tensor,
+        t1: Tensor,
+        x: Tensor,
+        state: ExponentialState[MultistepTableT],
+        noise: Tensor | None,
+    ) -> tuple[Tensor, ExponentialState[MultistepTableT]]:
+        """One step ``t0 -> t1`` of order ``table.orders[index]``; one evaluation at
+        ``(x, t0)``."""
+        i, table = state.index, state.table
+        ys = (self.evaluate(term, x, t0, table, i), *state.history)
+        history = ys[: table.history_length]
+        return table.update(i, x, ys), ExponentialState(i + 1, table, history)
+
+
+# =========================================================================== multistep (x0)
+
+
+def _multistep_table(
+    pts: LogSNRPoints, orders: tuple[int, ...], width: int, x: Tensor
+) -> MultistepTable:
+    """Coefficients of DDIM / DPM-Solver++(2M) / (3M) steps of the given orders (computed in
+    float64; ``width`` history weights per step, stored in ``x``'s dtype and on its device).
 
     With ``h_i = lambda_{i+1} - lambda_i`` and ``m_j`` the x0 prediction at grid point ``j``:
 
@@ -316,48 +409,51 @@ def _multistep_table(pts: LogSNRPoints, orders: tuple[int, ...]) -> _MultistepTa
     w3 = torch.stack([a + p_coef, -p_coef - q_coef, q_coef], dim=-1)
     w1 = torch.stack([a, torch.zeros_like(a), torch.zeros_like(a)], dim=-1)
     order_t = torch.tensor(orders, device=h.device)[:, None]
-    weights = torch.where(order_t == 1, w1, torch.where(order_t == 2, w2, w3))
-    return _MultistepTable(orders=orders, ratio=ratio, weights=weights)
+    weights = torch.where(order_t == 1, w1, torch.where(order_t == 2, w2, w3))[:, :width]
+    return MultistepTable(
+        orders=orders,
+        x_coef=ratio.to(device=x.device, dtype=x.dtype),
+        weights=weights.to(device=x.device, dtype=x.dtype),
+    )
 
 
-class _DataPredictionMultistep(Solver[DenoiserTermLike, ExponentialState[_MultistepTable]]):
-    """Shared machinery of DDIM and DPM-Solver++(2M)/(3M): one x0 evaluation per step, the
-    previous ``order - 1`` predictions kept in the state."""
+class _DataPredictionMultistep(ExponentialMultistep[MultistepTable]):
+    """DDIM and DPM-Solver++(2M)/(3M): one x0 evaluation per step, the previous ``order - 1``
+    predictions kept in the state, the per-step orders from :meth:`_orders`."""
 
-    term_type = DenoiserTermLike
-    evals_per_step = 1
     default_grid = "logsnr"
 
     def _orders(self, n_steps: int) -> tuple[int, ...]:
-        return multistep_orders(n_steps, type(self).order, False)
+        return multistep_orders(n_steps, type(self).order)
 
     def init(
         self, term: DenoiserTermLike, ts: Tensor, x: Tensor
-    ) -> ExponentialState[_MultistepTable]:
-        """Precompute ``ratio`` and the history weights of every step (see the class
-        docstring) from the whole grid ``ts`` ``(N + 1,)``."""
+    ) -> ExponentialState[MultistepTable]:
+        """Precompute ``x_coef = sigma_{i+1} / sigma_i`` and the history weights of every step
+        (see :func:`_multistep_table`) from the whole grid ``ts`` ``(N + 1,)``."""
         pts = log_snr_points(term.schedule, ts)
-        return ExponentialState(0, _multistep_table(pts, self._orders(_steps(ts))))
+        orders = self._orders(_steps(ts))
+        return ExponentialState(0, _multistep_table(pts, orders, type(self).order, x))
 
-    def step(
-        self,
-        term: DenoiserTermLike,
-        t0: Tensor,
-        t1: Tensor,
-        x: Tensor,
-        state: ExponentialState[_MultistepTable],
-        noise: Tensor | None,
-    ) -> tuple[Tensor, ExponentialState[_MultistepTable]]:
-        """One step ``t0 -> t1`` of the order ``table.orders[index]`` update; one x0
-        evaluation at ``(x, t0)``."""
-        i, table = state.index, state.table
-        m0 = term.denoise(x, t0)
-        w = table.weights[i]
-        x1 = coef(table.ratio[i], x) * x + coef(w[0], x) * m0
-        for j in range(1, table.orders[i]):  # history terms m_{i-1}, m_{i-2}
-            x1 = x1 + coef(w[j], x) * state.history[j - 1]
-        history = (m0, *state.history)[: type(self).order - 1]
-        return x1, ExponentialState(i + 1, table, history)
+
+@dataclass(frozen=True)
+class _LowerOrderFinalMultistep(_DataPredictionMultistep):
+    """DPM-Solver++(2M)/(3M): the data-prediction multistep methods with the
+    ``lower_order_final`` option (one meaning everywhere, see :func:`multistep_orders`)."""
+
+    lower_order_final: bool | None = None
+
+    lower_order_final_steps: ClassVar[int] = 15
+    """With ``lower_order_final=None`` the final-step rule applies to solves of fewer steps
+    than this (diffusers' ``DPMSolverMultistepScheduler``; the dpm-solver code uses 10)."""
+
+    def __post_init__(self) -> None:
+        check_lower_order_final(self.lower_order_final)
+
+    def _orders(self, n_steps: int) -> tuple[int, ...]:
+        return multistep_orders(
+            n_steps, type(self).order, self.lower_order_final, self.lower_order_final_steps
+        )
 
 
 @dataclass(frozen=True)
@@ -381,7 +477,7 @@ class DDIM(_DataPredictionMultistep):
 
 
 @dataclass(frozen=True)
-class DPMSolverPP2M(_DataPredictionMultistep):
+class DPMSolverPP2M(_LowerOrderFinalMultistep):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): second-order multistep, data
     prediction.
 
@@ -396,20 +492,17 @@ class DPMSolverPP2M(_DataPredictionMultistep):
     ODE solver; order 2; 1 denoiser evaluation per step; default grid ``"logsnr"``.
 
     Args:
-        lower_order_final: if true (default) and the solve has fewer than 15 steps, the last
-            step is first order (DDIM), which stabilises sampling with very few steps (Lu et
-            al. 2022b; dpm-solver and diffusers do the same). Steps >= 15: no effect.
+        lower_order_final: ``None`` (default): if the solve has fewer than 15 steps
+            (``lower_order_final_steps``), the last step is first order (DDIM), which
+            stabilises sampling with very few steps (Lu et al. 2022b; dpm-solver and diffusers
+            do the same); ``True``: always; ``False``: never (:func:`multistep_orders`).
     """
 
     order = 2
-    lower_order_final: bool = True
-
-    def _orders(self, n_steps: int) -> tuple[int, ...]:
-        return multistep_orders(n_steps, type(self).order, self.lower_order_final)
 
 
 @dataclass(frozen=True)
-class DPMSolverPP3M(_DataPredictionMultistep):
+class DPMSolverPP3M(_LowerOrderFinalMultistep):
     """DPM-Solver++(3M): third-order multistep, data prediction (Lu et al. 2022b, Sec. 4/App.;
     dpm-solver ``multistep_dpm_solver_third_update``): an exponential Adams-Bashforth method.
 
@@ -433,9 +526,10 @@ class DPMSolverPP3M(_DataPredictionMultistep):
     ODE solver; order 3; 1 denoiser evaluation per step; default grid ``"logsnr"``.
 
     Args:
-        lower_order_final: if true (default) and the solve has fewer than 15 steps, the last
-            step is first order and the one before second order (stabilises sampling with
-            very few steps; dpm-solver and diffusers do the same). Steps >= 15: no effect.
+        lower_order_final: ``None`` (default): if the solve has fewer than 15 steps
+            (``lower_order_final_steps``), the last step is first order and the one before
+            second order (stabilises sampling with very few steps; dpm-solver and diffusers do
+            the same); ``True``: always; ``False``: never (:func:`multistep_orders`).
     """
 
     order = 3
@@ -444,11 +538,6 @@ class DPMSolverPP3M(_DataPredictionMultistep):
     def cold_start_order(self) -> int:
         """The first (DDIM) step caps the asymptotic order at 2 (tiny constant from high noise)."""
         return 2
-
-    lower_order_final: bool = True
-
-    def _orders(self, n_steps: int) -> tuple[int, ...]:
-        return multistep_orders(n_steps, type(self).order, self.lower_order_final)
 
 
 # =========================================================================== single-step
@@ -542,8 +631,7 @@ class _DPMSolverSinglestep(Solver[DenoiserTermLike, ExponentialState[_Singlestep
         """
         if self.orders is None:
             return super().steps_for_nfe(nfe)
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-            raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
+        check_nfe(nfe)
         if sum(self.orders) > nfe:
             raise ValueError(
                 f"{type(self).__name__} with orders={self.orders} needs {sum(self.orders)} "
@@ -563,8 +651,7 @@ class _DPMSolverSinglestep(Solver[DenoiserTermLike, ExponentialState[_Singlestep
         Raises:
             ValueError: ``nfe`` is not an int >= 1.
         """
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-            raise ValueError(f"nfe must be an int >= 1, got nfe={nfe!r}")
+        check_nfe(nfe)
         orders = _fast_orders(nfe, type(self).order)
         return replace(self, orders=orders), len(orders)  # type: ignore[type-var]
 

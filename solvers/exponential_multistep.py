@@ -20,8 +20,11 @@ Because ``lambda``, ``alpha`` and ``sigma`` are read from ``term.schedule``, the
 serves any schedule: VP, VE and EDM (``alpha = 1``). Per-step coefficients of the whole grid are
 computed once in ``init`` (float64, one device-to-host copy of ``lambda``, ``alpha`` and
 ``sigma`` per solve), then stored on the state's device in its dtype; ``step`` only indexes
-them with a Python-int step index and never synchronises. The multistep history (previous
-evaluations, newest first) lives in :class:`ExpMultistepState`.
+them with a Python-int step index and never synchronises. The state, the per-step table and
+the step of PLMS and DEIS are those of the DPM-Solver++ multistep methods
+(:class:`solvers.exponential.ExponentialState`, :class:`~solvers.exponential.MultistepTable`,
+:class:`~solvers.exponential.ExponentialMultistep`); the multistep history (previous
+evaluations, newest first) lives in the state.
 
 The grid may end where ``sigma = 0`` (``lambda = +inf``, e.g. an EDM grid to ``sigma = 0``):
 that last step is taken with order 1 (DDIM's limit ``x = alpha D``). Everywhere else
@@ -39,15 +42,24 @@ import torch
 from torch import Tensor
 
 from solvers.base import Solver
-from solvers.exponential import eps_from_x0, log_snr_points, phi
+from solvers.exponential import (
+    ExponentialMultistep,
+    ExponentialState,
+    MultistepTable,
+    check_lower_order_final,
+    combine,
+    eps_from_x0,
+    log_snr_points,
+    multistep_orders,
+    phi,
+)
+from solvers.linear_multistep import ADAMS_BASHFORTH_WEIGHTS
 from solvers.protocols import DenoiserTermLike
 
 __all__ = [
     "UniPC",
     "PLMS",
     "DEIS",
-    "ExpMultistepState",
-    "LOWER_ORDER_FINAL_STEPS",
     "BUILTINS",
 ]
 
@@ -58,25 +70,11 @@ _F64 = torch.float64
 
 
 def _solve(matrix: Sequence[Sequence[float]], rhs: Sequence[float]) -> list[float]:
-    """Solve a small dense linear system (Gaussian elimination with partial pivoting)."""
-    n = len(rhs)
-    a = [list(row) + [rhs[i]] for i, row in enumerate(matrix)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        a[col], a[pivot] = a[pivot], a[col]
-        for r in range(col + 1, n):
-            f = a[r][col] / a[col][col]
-            for c in range(col, n + 1):
-                a[r][c] -= f * a[col][c]
-    out = [0.0] * n
-    for r in reversed(range(n)):
-        s = a[r][n] - sum(a[r][c] * out[c] for c in range(r + 1, n))
-        out[r] = s / a[r][r]
-    return out
+    """Solve a small dense linear system in float64 (``torch.linalg.solve``, LU with partial
+    pivoting); host-side, in ``init`` only."""
+    a = torch.tensor(matrix, dtype=_F64)
+    return torch.linalg.solve(a, torch.tensor(rhs, dtype=_F64)).tolist()
 
-
-LOWER_ORDER_FINAL_STEPS = 10
-"""``UniPC(lower_order_final=None)`` lowers the final orders only below this many steps."""
 
 _MAX_PHI = 4  # phi_1 .. phi_4: enough for UniC-3 (b_1..b_3) and DEIS-3 (moments 0..2)
 
@@ -167,63 +165,27 @@ def _check_int_option(name: str, value: object, allowed: Sequence[int]) -> None:
 
 
 @dataclass(frozen=True)
-class ExpMultistepState:
-    """State of :class:`UniPC`, :class:`PLMS` and :class:`DEIS` between steps.
+class _UniPCTable(MultistepTable):
+    """UniPC's table: the UniP rows (:class:`MultistepTable`, on ``(m_i, m_{i-1}, ...)``) and
+    the UniC rows ``corrector`` ``(N, K + 1)`` on ``(m_new, m_i, m_{i-1}, ...)``."""
 
-    Every step is a linear combination ``x_{i+1} = a_i x_i + sum_j w_{i,j} y_{i-j}`` of the
-    state and the history ``y`` (denoiser outputs for UniPC, noise predictions for PLMS and
-    DEIS), with coefficients precomputed for the whole grid.
-
-    Attributes:
-        index: the step about to be taken (a Python int: branching on it needs no host sync).
-        orders: the order of every step (warm-up and final steps included), Python ints.
-        x_coef: ``(N,)`` coefficients ``a_i`` of ``x_i``, state dtype and device.
-        weights: ``(N, K)`` weights ``w_{i,j}`` of the history, newest first (zero past the
-            order of the step).
-        corrector: ``(N, K + 1)`` UniC weights on ``(y_new, y_i, y_{i-1}, ...)`` (UniPC only,
-            else ``None``).
-        alpha: ``(N + 1,)`` float64 ``alpha`` at the grid points (PLMS/DEIS, to form eps),
-            else ``None``.
-        sigma: ``(N + 1,)`` float64 ``sigma`` at the grid points (PLMS/DEIS), else ``None``.
-        history: previous evaluations, newest first, each of the state's shape.
-    """
-
-    index: int
-    orders: tuple[int, ...]
-    x_coef: Tensor
-    weights: Tensor
-    corrector: Tensor | None
-    alpha: Tensor | None
-    sigma: Tensor | None
-    history: tuple[Tensor, ...]
-
-    def advanced(self, history: tuple[Tensor, ...]) -> ExpMultistepState:
-        """The state of the next step with the given history."""
-        return ExpMultistepState(
-            index=self.index + 1,
-            orders=self.orders,
-            x_coef=self.x_coef,
-            weights=self.weights,
-            corrector=self.corrector,
-            alpha=self.alpha,
-            sigma=self.sigma,
-            history=history,
-        )
+    corrector: Tensor
 
 
-def _combine(x_coef: Tensor, x: Tensor, weights: Tensor, ys: Sequence[Tensor]) -> Tensor:
-    """``x_coef * x + sum_j weights[j] * ys[j]`` (0-d coefficients in ``x``'s dtype)."""
-    out = x_coef * x
-    for j, y in enumerate(ys):
-        out = out + weights[j] * y
-    return out
+@dataclass(frozen=True)
+class _EpsTable(MultistepTable):
+    """Table of an eps-form method (PLMS, DEIS): the history holds noise predictions, formed
+    with ``alpha`` and ``sigma`` ``(N + 1,)`` (float64) at the grid points."""
+
+    alpha: Tensor
+    sigma: Tensor
 
 
 # --------------------------------------------------------------------------- UniPC
 
 
 @dataclass(frozen=True)
-class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
+class UniPC(Solver[DenoiserTermLike, ExponentialState[_UniPCTable]]):
     """UniPC-p: unified predictor-corrector in data-prediction form with ``B(h)`` (Zhao et al.
     2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
     Models", Sec. 3: UniC-p (Theorem 3.1, order ``p + 1``) and UniP-p (Corollary 3.2, order
@@ -261,7 +223,7 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
     has a local error ``O(h^3)``, with a tiny constant when sampling from high noise).
 
     ODE solver on a :class:`DenoiserTermLike`; 1 denoiser evaluation per step (exactly ``N``
-    for ``N`` steps); the last ``order`` evaluations in :class:`ExpMultistepState`. Shapes:
+    for ``N`` steps); the last ``order`` evaluations in the :class:`ExponentialState`. Shapes:
     ``x`` is ``(B, *dims)``. Default grid ``"logsnr"``; defaults ``variant="bh2"``, ``order=2``
     chosen by measurement at 5-10 evaluations (see the user docs).
 
@@ -269,9 +231,11 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
         variant: ``"bh2"`` (default, ``B(h) = expm1(-h)``) or ``"bh1"`` (``B(h) = -h``).
         order: the predictor order ``p`` in 1, 2, 3 (default 2).
         lower_order_final: lower the order of the last steps (``p_i <= N - i``): ``None``
-            (default) only for solves of fewer than 10 steps (the dpm-solver rule); ``True``
-            always (the official UniPC code and diffusers; it makes the last step first order
-            and caps the convergence order at 2); ``False`` never.
+            (default) only for solves of fewer than 10 steps (``lower_order_final_steps``, the
+            dpm-solver rule); ``True`` always (the official UniPC code and diffusers; it makes
+            the last step first order and caps the convergence order at 2); ``False`` never.
+            The same rule as DPM-Solver++(2M)/(3M) (:func:`solvers.exponential.multistep_orders`),
+            with a different default threshold.
         corrector: apply UniC (default); ``False`` gives the plain UniP-p multistep method.
     """
 
@@ -283,15 +247,15 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
     term_type = DenoiserTermLike
     evals_per_step = 1
     default_grid = "logsnr"
+    lower_order_final_steps: ClassVar[int] = 10
+    """With ``lower_order_final=None`` the final-step rule applies to solves of fewer steps
+    than this (the dpm-solver reference code's rule)."""
 
     def __post_init__(self) -> None:
         if self.variant not in ("bh1", "bh2"):
             raise ValueError(f"variant must be 'bh1' or 'bh2', got variant={self.variant!r}")
         _check_int_option("order", self.order, (1, 2, 3))
-        if self.lower_order_final not in (None, True, False):
-            raise TypeError(
-                f"lower_order_final must be None, True or False, got {self.lower_order_final!r}"
-            )
+        check_lower_order_final(self.lower_order_final)
         if not isinstance(self.corrector, bool):
             raise TypeError(f"corrector must be a bool, got {self.corrector!r}")
 
@@ -308,12 +272,8 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
     def step_orders(self, n_steps: int) -> list[int]:
         """Predictor order ``p_i`` of every step of an ``n_steps`` solve (warm-up and
         ``lower_order_final`` included; a last step to ``sigma = 0`` is also order 1)."""
-        lower = self.lower_order_final
-        lower_final = (n_steps < LOWER_ORDER_FINAL_STEPS) if lower is None else lower
-        orders = [min(self.order, i + 1) for i in range(n_steps)]
-        if lower_final:
-            orders = [min(p, n_steps - i) for i, p in enumerate(orders)]
-        return orders
+        lower, below = self.lower_order_final, self.lower_order_final_steps
+        return list(multistep_orders(n_steps, self.order, lower, below))
 
     def _rhs(self, g: _GridValues, i: int, n: int) -> tuple[float, list[float]]:
         """``B(h)`` and ``b_k = k! phi_{k+1}(-h) (-h) / B(h)``, ``k = 1..n``, of step ``i``."""
@@ -321,7 +281,7 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
         b_h = hh if self.variant == "bh1" else math.expm1(hh)
         return b_h, [math.factorial(k) * g.phi_neg[k + 1][i] * hh / b_h for k in range(1, n + 1)]
 
-    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExpMultistepState:
+    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExponentialState[_UniPCTable]:
         """Precompute the UniP and UniC weights of every step (see the class docstring)."""
         g = _grid_values(term, ts, "UniPC")
         n_steps = g.n_steps
@@ -359,16 +319,13 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
             w_new = e * rho[-1]  # rho_p (m_new - m_i), r_p = 1
             w = [e * rho[k] / r[k] for k in range(p - 1)]
             corr_rows.append([w_new, c - w_new - sum(w), *w])
-        return ExpMultistepState(
-            index=0,
+        table = _UniPCTable(
             orders=tuple(orders),
             x_coef=_table([[v] for v in x_coefs], 1, x)[:, 0],
             weights=_table(pred_rows, self.order, x),
             corrector=_table(corr_rows, self.order + 1, x),
-            alpha=None,
-            sigma=None,
-            history=(),
         )
+        return ExponentialState(0, table)
 
     def step(
         self,
@@ -376,27 +333,25 @@ class UniPC(Solver[DenoiserTermLike, ExpMultistepState]):
         t0: Tensor,
         t1: Tensor,
         x: Tensor,
-        state: ExpMultistepState,
+        state: ExponentialState[_UniPCTable],
         noise: Tensor | None,
-    ) -> tuple[Tensor, ExpMultistepState]:
+    ) -> tuple[Tensor, ExponentialState[_UniPCTable]]:
         """One UniP-p step, then UniC-p with the evaluation at the predicted point."""
-        i = state.index
-        p = state.orders[i]
+        i, table = state.index, state.table
+        p = table.orders[i]
         history = state.history
         if not history:  # first step: the only evaluation at the start of a step
             history = (term.denoise(x, t0),)
-        a = state.x_coef[i]
         # predictor UniP-p
-        x_pred = _combine(a, x, state.weights[i], history[:p])
-        if i == len(state.orders) - 1:
-            return x_pred, state.advanced(())
+        x_pred = table.update(i, x, history)
+        if i == len(table.orders) - 1:
+            return x_pred, ExponentialState(i + 1, table)
         # one evaluation at the predicted point: the corrector's and the next step's
         m_new = term.denoise(x_pred, t1)
         x_next = x_pred
         if self.corrector:
-            assert state.corrector is not None
-            x_next = _combine(a, x, state.corrector[i], (m_new, *history[:p]))
-        return x_next, state.advanced((m_new, *history[: self.order - 1]))
+            x_next = combine(table.x_coef[i], x, table.corrector[i], (m_new, *history[:p]))
+        return x_next, ExponentialState(i + 1, table, (m_new, *history[: self.order - 1]))
 
 
 # --------------------------------------------------------------------------- eps-form solvers
@@ -408,7 +363,7 @@ def _eps_state(
     eps_weights: Sequence[Sequence[float]],
     width: int,
     x: Tensor,
-) -> ExpMultistepState:
+) -> ExponentialState[_EpsTable]:
     """State of an eps-form step ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + b_i sum_j w_j eps_{i-j}``
     with the DDIM transfer coefficient ``b_i = (alpha_{i+1} sigma_i / alpha_i) expm1(-h_i)``
     (``= -sigma_{i+1} expm1(h_i)``, finite also for ``sigma_{i+1} = 0``)."""
@@ -419,43 +374,29 @@ def _eps_state(
         b = ratio * g.sigma[i] * math.expm1(-g.h(i))
         x_coefs.append(ratio)
         rows.append([b * wj for wj in w])
-    alpha = torch.tensor(g.alpha, dtype=_F64).to(device=x.device)
-    sigma = torch.tensor(g.sigma, dtype=_F64).to(device=x.device)
-    return ExpMultistepState(
-        index=0,
+    table = _EpsTable(
         orders=tuple(orders),
         x_coef=_table([[v] for v in x_coefs], 1, x)[:, 0],
         weights=_table(rows, width, x),
-        corrector=None,
-        alpha=alpha,
-        sigma=sigma,
-        history=(),
+        alpha=torch.tensor(g.alpha, dtype=_F64).to(device=x.device),
+        sigma=torch.tensor(g.sigma, dtype=_F64).to(device=x.device),
     )
+    return ExponentialState(0, table)
 
 
-def _eps_step(
-    term: DenoiserTermLike, t0: Tensor, x: Tensor, state: ExpMultistepState, keep: int
-) -> tuple[Tensor, ExpMultistepState]:
-    """Evaluate ``eps_i = (x_i - alpha_i D(x_i, t_i)) / sigma_i`` and take the combination."""
-    i = state.index
-    assert state.alpha is not None and state.sigma is not None
-    eps = eps_from_x0(x, term.denoise(x, t0), state.alpha[i], state.sigma[i])
-    history = (eps, *state.history)
-    x_next = _combine(state.x_coef[i], x, state.weights[i], history[: state.orders[i]])
-    return x_next, state.advanced(history[: keep - 1])
+class _NoisePredictionMultistep(ExponentialMultistep[_EpsTable]):
+    """PLMS and DEIS: the multistep step of :class:`~solvers.exponential.ExponentialMultistep`
+    on the noise predictions ``eps_i = (x_i - alpha_i D(x_i, t_i)) / sigma_i``."""
 
-
-_AB_WEIGHTS: tuple[tuple[float, ...], ...] = (
-    (1.0,),
-    (3.0 / 2.0, -1.0 / 2.0),
-    (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
-    (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
-)
-"""Adams-Bashforth weights of orders 1-4 for equal steps, newest first."""
+    def evaluate(
+        self, term: DenoiserTermLike, x: Tensor, t: Tensor, table: _EpsTable, i: int
+    ) -> Tensor:
+        """The noise prediction at grid point ``i``."""
+        return eps_from_x0(x, term.denoise(x, t), table.alpha[i], table.sigma[i])
 
 
 @dataclass(frozen=True)
-class PLMS(Solver[DenoiserTermLike, ExpMultistepState]):
+class PLMS(_NoisePredictionMultistep):
     """PLMS: pseudo linear multistep method (Liu et al. 2022, "Pseudo Numerical Methods for
     Diffusion Models on Manifolds", ICLR; Sec. 3-4: the DDIM "transfer part" and PLMS), with a
     one-evaluation lower-order warm-up.
@@ -482,36 +423,22 @@ class PLMS(Solver[DenoiserTermLike, ExpMultistepState]):
     has a local error ``O(h^2)``, which bounds the asymptotic order by 2 there too.
 
     ODE solver on a :class:`DenoiserTermLike`; 1 denoiser evaluation per step; the last three
-    noise predictions in :class:`ExpMultistepState`. Shapes: ``(B, *dims)``. Default grid
+    noise predictions in the :class:`ExponentialState`. Shapes: ``(B, *dims)``. Default grid
     ``"logsnr"`` (by measurement, see the user docs).
     """
 
     order: ClassVar[int] = 2
-    term_type = DenoiserTermLike
-    evals_per_step = 1
     default_grid = "logsnr"
 
-    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExpMultistepState:
+    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExponentialState[_EpsTable]:
         """Precompute the DDIM transfer coefficients times the Adams-Bashforth weights."""
         g = _grid_values(term, ts, "PLMS")
-        orders = [min(4, i + 1) for i in range(g.n_steps)]
-        return _eps_state(g, orders, [_AB_WEIGHTS[k - 1] for k in orders], 4, x)
-
-    def step(
-        self,
-        term: DenoiserTermLike,
-        t0: Tensor,
-        t1: Tensor,
-        x: Tensor,
-        state: ExpMultistepState,
-        noise: Tensor | None,
-    ) -> tuple[Tensor, ExpMultistepState]:
-        """One PLMS step: one new noise prediction, combined with the last three."""
-        return _eps_step(term, t0, x, state, keep=4)
+        orders = multistep_orders(g.n_steps, 4)
+        return _eps_state(g, orders, [ADAMS_BASHFORTH_WEIGHTS[k - 1] for k in orders], 4, x)
 
 
 @dataclass(frozen=True)
-class DEIS(Solver[DenoiserTermLike, ExpMultistepState]):
+class DEIS(_NoisePredictionMultistep):
     """DEIS: exponential integrator with polynomial extrapolation of eps (Zhang & Chen 2023,
     "Fast Sampling of Diffusion Models with Exponential Integrator", ICLR; the multistep
     "AB-DEIS"), the polynomial taken in ``lambda`` and integrated in closed form.
@@ -541,7 +468,7 @@ class DEIS(Solver[DenoiserTermLike, ExpMultistepState]):
     ``sigma = 0`` is DDIM.
 
     ODE solver on a :class:`DenoiserTermLike`; 1 denoiser evaluation per step; the last
-    ``order - 1`` noise predictions in :class:`ExpMultistepState`. Shapes: ``(B, *dims)``.
+    ``order - 1`` noise predictions in the :class:`ExponentialState`. Shapes: ``(B, *dims)``.
     Default grid ``"karras"`` (by measurement, see the user docs).
 
     Args:
@@ -550,8 +477,6 @@ class DEIS(Solver[DenoiserTermLike, ExpMultistepState]):
 
     order: int = 3  # type: ignore[misc]  # per instance; the class attribute is the default
 
-    term_type = DenoiserTermLike
-    evals_per_step = 1
     default_grid = "karras"
 
     def __post_init__(self) -> None:
@@ -566,10 +491,10 @@ class DEIS(Solver[DenoiserTermLike, ExpMultistepState]):
         """The first (DDIM) step caps the asymptotic order at 2."""
         return min(self.order, 2)
 
-    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExpMultistepState:
+    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> ExponentialState[_EpsTable]:
         """Precompute the exact Lagrange-times-exponential integrals of every step."""
         g = _grid_values(term, ts, "DEIS")
-        orders = [min(self.order, i + 1) for i in range(g.n_steps)]
+        orders = list(multistep_orders(g.n_steps, self.order))
         if g.final_is_singular():
             orders[-1] = 1
         rows: list[list[float]] = []
@@ -583,18 +508,6 @@ class DEIS(Solver[DenoiserTermLike, ExpMultistepState]):
             nodes = [g.r(i, j) for j in range(k)]
             rows.append(_solve([[rj**m for rj in nodes] for m in range(k)], moments))
         return _eps_state(g, orders, rows, self.order, x)
-
-    def step(
-        self,
-        term: DenoiserTermLike,
-        t0: Tensor,
-        t1: Tensor,
-        x: Tensor,
-        state: ExpMultistepState,
-        noise: Tensor | None,
-    ) -> tuple[Tensor, ExpMultistepState]:
-        """One DEIS step: one new noise prediction, combined with the history."""
-        return _eps_step(term, t0, x, state, keep=self.order)
 
 
 BUILTINS: dict[str, type[Solver[Any, Any]]] = {

@@ -50,18 +50,20 @@ __all__ = [
     "IPNDMVariable",
     "MultistepState",
     "adams_bashforth_weights",
+    "ADAMS_BASHFORTH_WEIGHTS",
     "BUILTINS",
 ]
 
 MAX_ORDER = 4
 
-_FIXED_WEIGHTS: tuple[tuple[float, ...], ...] = (
+ADAMS_BASHFORTH_WEIGHTS: tuple[tuple[float, ...], ...] = (
     (1.0,),
     (3.0 / 2.0, -1.0 / 2.0),
     (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
     (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
 )
-"""Uniform-step Adams-Bashforth weights of orders 1-4, newest velocity first."""
+"""Uniform-step Adams-Bashforth weights of orders 1-4, newest value first (IPNDM here; PLMS
+applies the same weights to noise predictions, :mod:`solvers.exponential_multistep`)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ class IPNDM(_AdamsBashforth):
     def weights(self, ts: Tensor) -> Tensor:
         """The fixed weights of order ``min(max_order, i + 1)`` for every step ``i``."""
         rows = [
-            list(_FIXED_WEIGHTS[k - 1]) + [0.0] * (self.max_order - k)
+            list(ADAMS_BASHFORTH_WEIGHTS[k - 1]) + [0.0] * (self.max_order - k)
             for k in _step_orders(ts.numel() - 1, self.max_order)
         ]
         return torch.tensor(rows, dtype=torch.float64).reshape(-1, self.max_order).to(ts.device)

@@ -7,41 +7,118 @@ where they meet it; no step synchronises with the device.
 
 Methods: :class:`Euler` (order 1), :class:`Heun` (EDM's second-order sampler: trapezoidal
 correction except on the last step), :class:`Midpoint` (order 2) and :class:`RK4` (order 4).
-Reference: Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I*, sec. II.1.
+They are one algorithm, the explicit Runge-Kutta step :func:`rk_step`, with different Butcher
+tableaux (:class:`ButcherTableau`); Heun switches from the trapezoidal tableau to Euler's on the
+last step. Reference: Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I*,
+sec. II.1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from solvers.base import Solver
-from solvers.broadcast import append_dims
+from solvers.broadcast import coef
 from solvers.protocols import ODETermLike
 
-__all__ = ["Euler", "Heun", "HeunState", "Midpoint", "RK4", "BUILTINS"]
-
-
-def _coef(c: Tensor, x: Tensor) -> Tensor:
-    """A float64 0-d/``(B,)`` coefficient, broadcastable to ``x`` and in ``x``'s dtype."""
-    return append_dims(c, x.ndim).to(x.dtype)
+__all__ = [
+    "ButcherTableau",
+    "EULER",
+    "TRAPEZOID",
+    "MIDPOINT",
+    "CLASSICAL_RK4",
+    "rk_step",
+    "Euler",
+    "Heun",
+    "HeunState",
+    "Midpoint",
+    "RK4",
+    "BUILTINS",
+]
 
 
 @dataclass(frozen=True)
-class Euler(Solver[ODETermLike, None]):
-    """Explicit Euler: ``x1 = x0 + (t1 - t0) v(x0, t0)`` (Euler 1768; Hairer et al., Solving
-    ODEs I, sec. II.1).
+class ButcherTableau:
+    """An explicit Runge-Kutta method with ``s`` stages (Hairer et al., Solving ODEs I, sec.
+    II.1, eq. 1.8): with ``h = t1 - t0``,
 
-    ODE solver; order 1 (global error ``O(h)``); 1 velocity evaluation per step; stateless.
-    Default grid ``"karras"`` (EDM's choice for its Euler and Heun samplers, Karras et al.
-    2022, eq. 5).
+        k_i = v(x0 + h sum_{j < i} a[i][j] k_j, t0 + c[i] h),    x1 = x0 + h sum_i b[i] k_i.
+
+    Attributes:
+        c: the ``s`` nodes (``c[0] = 0``).
+        a: ``s`` rows, row ``i`` holding the ``i`` coefficients ``a[i][j]``, ``j < i``.
+        b: the ``s`` weights.
     """
 
-    order = 1
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+
+    @property
+    def stages(self) -> int:
+        """Number of stages = velocity evaluations per step."""
+        return len(self.c)
+
+
+EULER = ButcherTableau(c=(0.0,), a=((),), b=(1.0,))
+TRAPEZOID = ButcherTableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5))  # Heun's corrector
+MIDPOINT = ButcherTableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0))
+CLASSICAL_RK4 = ButcherTableau(
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0),
+)
+
+
+def _weighted_sum(weights: Sequence[float], ks: Sequence[Tensor]) -> Tensor:
+    """``sum_j weights[j] ks[j]`` over the non-zero weights (a weight 1 costs no product)."""
+    total: Tensor | None = None
+    for w, k in zip(weights, ks):
+        if w == 0.0:
+            continue
+        term = k if w == 1.0 else w * k
+        total = term if total is None else total + term
+    assert total is not None, "a tableau row with no non-zero weight"
+    return total
+
+
+def rk_step(
+    tableau: ButcherTableau, term: ODETermLike, t0: Tensor, t1: Tensor, x: Tensor
+) -> Tensor:
+    """One explicit Runge-Kutta step ``t0 -> t1`` (``h = t1 - t0``, either sign) of ``tableau``.
+
+    Stage times are ``t0 + c h`` in float64 (``t1`` itself for ``c = 1``); ``h`` meets the state
+    through :func:`solvers.broadcast.coef`, so a float32 state stays float32. No host sync.
+
+    Args:
+        tableau: the method's Butcher tableau.
+        term: the ODE term (``tableau.stages`` velocity evaluations).
+        t0, t1: 0-d float64 times.
+        x: the state at ``t0``, shape ``(B, *dims)``.
+
+    Returns:
+        The state at ``t1``, shape and dtype of ``x``.
+    """
+    dt = t1 - t0  # float64
+    h = coef(dt, x)
+    ks: list[Tensor] = []
+    for c_i, a_i in zip(tableau.c, tableau.a):
+        x_i = x if not any(a_i) else x + h * _weighted_sum(a_i, ks)
+        t_i = t0 if c_i == 0.0 else t1 if c_i == 1.0 else t0 + c_i * dt
+        ks.append(term.velocity(x_i, t_i))
+    return x + h * _weighted_sum(tableau.b, ks)
+
+
+@dataclass(frozen=True)
+class _ExplicitRK(Solver[ODETermLike, None]):
+    """A stateless explicit Runge-Kutta method: :func:`rk_step` with the class's ``tableau``."""
+
+    tableau: ClassVar[ButcherTableau]
     term_type = ODETermLike
-    evals_per_step = 1
     default_grid = "karras"
 
     def step(
@@ -53,9 +130,23 @@ class Euler(Solver[ODETermLike, None]):
         state: None,
         noise: Tensor | None,
     ) -> tuple[Tensor, None]:
-        """One Euler step from ``t0`` to ``t1`` (``dt = t1 - t0``, either sign)."""
-        dt = _coef(t1 - t0, x)
-        return x + dt * term.velocity(x, t0), None
+        """One step of the tableau from ``t0`` to ``t1`` (``dt = t1 - t0``, either sign)."""
+        return rk_step(type(self).tableau, term, t0, t1, x), None
+
+
+@dataclass(frozen=True)
+class Euler(_ExplicitRK):
+    """Explicit Euler: ``x1 = x0 + (t1 - t0) v(x0, t0)`` (Euler 1768; Hairer et al., Solving
+    ODEs I, sec. II.1).
+
+    ODE solver; order 1 (global error ``O(h)``); 1 velocity evaluation per step; stateless.
+    Default grid ``"karras"`` (EDM's choice for its Euler and Heun samplers, Karras et al.
+    2022, eq. 5).
+    """
+
+    order = 1
+    evals_per_step = 1
+    tableau = EULER
 
 
 @dataclass(frozen=True)
@@ -113,20 +204,15 @@ class Heun(Solver[ODETermLike, HeunState]):
         noise: Tensor | None,
     ) -> tuple[Tensor, HeunState]:
         """One Heun step (an Euler step if it is the last step of the grid)."""
-        h = _coef(t1 - t0, x)
         next_state = HeunState(index=state.index + 1, n_steps=state.n_steps)
-        # Euler predictor (Algorithm 1, lines 5-6)
-        d0 = term.velocity(x, t0)
-        x_euler = x + h * d0
-        if state.index == state.n_steps - 1:  # last step: no correction (line 7)
-            return x_euler, next_state
-        # trapezoidal corrector (lines 8-9)
-        d1 = term.velocity(x_euler, t1)
-        return x + (0.5 * h) * (d0 + d1), next_state
+        if state.index == state.n_steps - 1:  # last step: Euler, no correction (line 7)
+            return rk_step(EULER, term, t0, t1, x), next_state
+        # Euler predictor and trapezoidal corrector (Algorithm 1, lines 5-6 and 8-9)
+        return rk_step(TRAPEZOID, term, t0, t1, x), next_state
 
 
 @dataclass(frozen=True)
-class Midpoint(Solver[ODETermLike, None]):
+class Midpoint(_ExplicitRK):
     """Explicit midpoint rule (Runge 1895; Hairer et al., Solving ODEs I, sec. II.1, eq. 1.6).
 
     With ``h = t1 - t0``:
@@ -139,28 +225,12 @@ class Midpoint(Solver[ODETermLike, None]):
     """
 
     order = 2
-    term_type = ODETermLike
     evals_per_step = 2
-    default_grid = "karras"
-
-    def step(
-        self,
-        term: ODETermLike,
-        t0: Tensor,
-        t1: Tensor,
-        x: Tensor,
-        state: None,
-        noise: Tensor | None,
-    ) -> tuple[Tensor, None]:
-        """One midpoint step from ``t0`` to ``t1``."""
-        half = 0.5 * (t1 - t0)  # float64
-        k1 = term.velocity(x, t0)
-        k2 = term.velocity(x + _coef(half, x) * k1, t0 + half)
-        return x + _coef(t1 - t0, x) * k2, None
+    tableau = MIDPOINT
 
 
 @dataclass(frozen=True)
-class RK4(Solver[ODETermLike, None]):
+class RK4(_ExplicitRK):
     """The classical fourth-order Runge-Kutta method (Kutta 1901; Hairer et al., Solving ODEs I,
     sec. II.1, Table 1.2 left).
 
@@ -175,28 +245,8 @@ class RK4(Solver[ODETermLike, None]):
     """
 
     order = 4
-    term_type = ODETermLike
     evals_per_step = 4
-    default_grid = "karras"
-
-    def step(
-        self,
-        term: ODETermLike,
-        t0: Tensor,
-        t1: Tensor,
-        x: Tensor,
-        state: None,
-        noise: Tensor | None,
-    ) -> tuple[Tensor, None]:
-        """One RK4 step from ``t0`` to ``t1``."""
-        dt = t1 - t0  # float64
-        t_mid = t0 + 0.5 * dt
-        h, h_half, h_sixth = _coef(dt, x), _coef(0.5 * dt, x), _coef(dt / 6.0, x)
-        k1 = term.velocity(x, t0)
-        k2 = term.velocity(x + h_half * k1, t_mid)
-        k3 = term.velocity(x + h_half * k2, t_mid)
-        k4 = term.velocity(x + h * k3, t1)
-        return x + h_sixth * (k1 + 2.0 * (k2 + k3) + k4), None
+    tableau = CLASSICAL_RK4
 
 
 BUILTINS: dict[str, type[Solver[Any, Any]]] = {

@@ -11,10 +11,20 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from scipy.integrate import quad, solve_ivp
+from scipy.integrate import quad
+from solver_helpers import (
+    ORDER_TOL,
+    PF_SDES,
+    assert_order,
+    cuda_sync_errors,
+    final_state,
+    no_host_sync,
+    order_slope,
+    pf_ode_reference,
+    run_steps,
+)
 from torch import Tensor
 
 import scoresde as sd
@@ -43,11 +53,9 @@ MULTISTEP = [DPMSolverPP2M, DPMSolverPP3M]
 
 SDES: dict[str, Callable[[], Any]] = {
     # VP with t_min = 1e-3 (not 1e-5): the same asymptotic regime is reached with fewer steps
-    "vp": lambda: sd.VPSDE(t_min=1e-3),
+    **PF_SDES,
     "subvp": lambda: sd.SubVPSDE(t_min=1e-3),
     "cosine": lambda: sd.CosineVPSDE(t_min=1e-3),
-    "ve": lambda: sd.VESDE(),
-    "edm": lambda: sd.EDMSDE(),
 }
 
 
@@ -60,14 +68,6 @@ def make(cls: type[solvers.Solver], **kwargs: Any) -> solvers.Solver:
 
 def grid(sde: Any, n: int, t_end: float | None = None) -> Tensor:
     return solvers.make_grid("logsnr", sde, sde.T, sde.t_min if t_end is None else t_end, n)
-
-
-def slope(ns: list[int], errors: list[float]) -> float:
-    """Least-squares slope of -log(error) against log(n): the measured order."""
-    xs = [math.log(n) for n in ns]
-    ys = [-math.log(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def toy_denoiser(x: Tensor, t: Tensor) -> Tensor:
@@ -115,8 +115,7 @@ def gaussian_errors(
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
 def test_convergence_order(cls: type[solvers.Solver], sde_name: str) -> None:
     ns = [32, 64, 128]
-    order = slope(ns, gaussian_errors(cls, sde_name, ns))
-    assert abs(order - cls.order) <= 0.35, f"measured order {order:.3f}, declared {cls.order}"
+    assert_order(ns, gaussian_errors(cls, sde_name, ns), cls.order)
 
 
 @pytest.mark.slow
@@ -124,8 +123,7 @@ def test_convergence_order(cls: type[solvers.Solver], sde_name: str) -> None:
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
 def test_convergence_order_sweep(cls: type[solvers.Solver], sde_name: str) -> None:
     ns = [32, 64, 128, 256, 512]
-    order = slope(ns, gaussian_errors(cls, sde_name, ns))
-    assert abs(order - cls.order) <= 0.35, f"measured order {order:.3f}, declared {cls.order}"
+    assert_order(ns, gaussian_errors(cls, sde_name, ns), cls.order)
 
 
 @pytest.mark.slow
@@ -134,10 +132,11 @@ def test_convergence_order_sweep(cls: type[solvers.Solver], sde_name: str) -> No
 def test_convergence_order_full_range(cls: type[solvers.Solver], sde_name: str) -> None:
     """T -> t_min: at least the declared order; 3M superconverges here (see LAMBDA_END)."""
     ns = [32, 64, 128, 256]
-    order = slope(ns, gaussian_errors(cls, sde_name, ns, full_range=True))
-    assert order >= cls.order - 0.35, f"measured order {order:.3f}, declared {cls.order}"
+    errors = gaussian_errors(cls, sde_name, ns, full_range=True)
     if cls is not DPMSolverPP3M:
-        assert order <= cls.order + 0.35, f"measured order {order:.3f}, declared {cls.order}"
+        assert_order(ns, errors, cls.order)
+    order = order_slope(ns, errors)
+    assert order >= cls.order - ORDER_TOL, f"measured order {order:.3f}, declared {cls.order}"
 
 
 def test_ddim_is_not_exact_on_a_gaussian_but_converges() -> None:
@@ -155,8 +154,7 @@ def test_order_harness_catches_the_reference_3m_coefficient(
     original = expo.phi
     monkeypatch.setattr(expo, "phi", lambda k, z: original(k, z) * (0.5 if k == 3 else 1.0))
     ns = [32, 64, 128]
-    order = slope(ns, gaussian_errors(DPMSolverPP3M, "vp", ns))
-    assert abs(order - 2.0) <= 0.35, f"measured order {order:.3f}"
+    assert_order(ns, gaussian_errors(DPMSolverPP3M, "vp", ns), 2)
 
 
 # ----------------------------------------------------------------------------- mixture, K > 1
@@ -177,19 +175,8 @@ MIX_TOL = {1: 6e-2, 2: 1.5e-3, 3: 5e-5}
 def mixture_reference(sde: Any, x_T: Tensor) -> tuple[Any, Tensor]:
     """The mixture's oracle and x(t_min) by scipy DOP853 (rtol = atol = 1e-10, float64) on
     sd.ProbabilityFlowODE: the ODE in t, independent of the log-SNR machinery under test."""
-    gmm = sd.GaussianMixture(MIX_WEIGHTS, MIX_MEANS, MIX_COVS)
-    oracle = gmm.score_model(sde)
-    ode = sd.ProbabilityFlowODE(sde, oracle.score)
-
-    def fun(t: float, y: np.ndarray) -> np.ndarray:  # (t, y) adapter at the scipy boundary
-        x = torch.from_numpy(y).reshape(x_T.shape)
-        return ode.velocity(x, torch.tensor(t, dtype=F64)).reshape(-1).numpy()
-
-    res = solve_ivp(
-        fun, (sde.T, sde.t_min), x_T.reshape(-1).numpy(), method="DOP853", rtol=1e-10, atol=1e-10
-    )
-    assert res.success, res.message
-    return oracle, torch.from_numpy(res.y[:, -1].copy()).reshape(x_T.shape)
+    oracle = sd.GaussianMixture(MIX_WEIGHTS, MIX_MEANS, MIX_COVS).score_model(sde)
+    return oracle, pf_ode_reference(sde, oracle, x_T, tol=1e-10)
 
 
 def check_mixture(sde_name: str) -> None:
@@ -299,28 +286,37 @@ def test_order_schedule_is_checked_against_the_grid() -> None:
 def test_multistep_orders() -> None:
     assert multistep_orders(6, 3, True) == (1, 2, 3, 3, 2, 1)
     assert multistep_orders(6, 3, False) == (1, 2, 3, 3, 3, 3)
+    assert multistep_orders(6, 3) == (1, 2, 3, 3, 3, 3)  # default: warm-up only
     assert multistep_orders(4, 2, True) == (1, 2, 2, 1)
     assert multistep_orders(2, 3, True) == (1, 1)
     assert multistep_orders(1, 3, True) == (1,)
-    assert multistep_orders(15, 3, True) == (1, 2) + (3,) * 13  # rule applies below 15 steps
-    assert multistep_orders(14, 3, True)[-2:] == (2, 1)
+    # None: the rule applies only below the threshold (the methods' lower_order_final_steps)
+    assert multistep_orders(15, 3, None, 15) == (1, 2) + (3,) * 13
+    assert multistep_orders(14, 3, None, 15)[-2:] == (2, 1)
+    assert multistep_orders(15, 3, True)[-2:] == (2, 1)  # True: always
     assert multistep_orders(5, 1, True) == (1,) * 5
 
 
 @pytest.mark.parametrize("cls", MULTISTEP, ids=["2M", "3M"])
 def test_lower_order_final(cls: type[solvers.Solver]) -> None:
-    """True (default), fewer than 15 steps: the last step is a DDIM step (and for 3M the one
-    before is second order); at >= 15 steps the option changes nothing."""
+    """None (default), fewer than 15 steps: the last step is a DDIM step (and for 3M the one
+    before is second order); at >= 15 steps None changes nothing while True still lowers the
+    final orders (the same rule as UniPC's, with its own threshold)."""
     term = solvers.DenoiserTerm(toy_denoiser, SCHEDULE)
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
-    assert cls().lower_order_final is True
+    assert cls().lower_order_final is None and cls.lower_order_final_steps == 15
     for n, expect_change in ((6, True), (16, False)):
         ts = grid(SCHEDULE, n)
-        on = solvers.integrate(cls(lower_order_final=True), term, x, ts)
+        auto = solvers.integrate(cls(), term, x, ts)
         off = solvers.integrate(cls(lower_order_final=False), term, x, ts)
-        assert torch.equal(on.x, off.x) is not expect_change
+        always = solvers.integrate(cls(lower_order_final=True), term, x, ts)
+        assert torch.equal(auto.x, off.x) is not expect_change
+        assert not torch.equal(always.x, off.x)
+        assert cls().init(term, ts, x).table.orders == multistep_orders(n, cls.order, None, 15)
         state = cls(lower_order_final=True).init(term, ts, x)
         assert state.table.orders == multistep_orders(n, cls.order, True)
+    with pytest.raises(TypeError, match="lower_order_final"):
+        cls(lower_order_final="yes")
     # n = 6 with the final rule: the last step from path[-2] is exactly DDIM's step
     ts = grid(SCHEDULE, 6)
     on6 = solvers.integrate(cls(lower_order_final=True), term, x, ts, save_path=True)
@@ -354,11 +350,8 @@ def test_step_keeps_float32(cls: type[solvers.Solver]) -> None:
     )
     ts = grid(SCHEDULE, 4)
     x = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(5))
-    solver = cls()
-    state = solver.init(term, ts, x)
-    for i in range(4):
-        x, state = solver.step(term, ts[i], ts[i + 1], x, state, None)
-        assert x.dtype == torch.float32
+    for x_i, _ in run_steps(cls(), term, ts, x):
+        assert x_i.dtype == torch.float32
 
 
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
@@ -507,25 +500,16 @@ def test_same_instance_twice_gives_identical_results(cls: type[solvers.Solver]) 
 
 
 def test_device_run_without_host_sync(device: str) -> None:
-    """On CUDA: init + steps of every method run with sync debug mode 'error' after init
-    (no .item()/bool(tensor) in step), and agree with the CPU result."""
+    """The steps of every method (after init) run with host synchronisation turned into an
+    error (CUDA: sync debug mode 'error'; CPU: :func:`solver_helpers.no_host_sync`) and agree
+    with the CPU result of integrate."""
     term = solvers.DenoiserTerm(toy_denoiser, SCHEDULE)
     x_cpu = torch.randn(3, 2, generator=torch.Generator().manual_seed(12), dtype=F64)
+    guard = cuda_sync_errors if device == "cuda" else no_host_sync
     for cls in ALL:
         ts = grid(SCHEDULE, 5).to(device)
-        x = x_cpu.to(device)
         counted = solvers.count_evaluations(term, solvers.DenoiserTermLike)
-        solver = cls()
-        state = solver.init(counted, ts, x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            for i in range(5):
-                x, state = solver.step(counted, ts[i], ts[i + 1], x, state, None)
-        finally:
-            if device == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
+        x = final_state(cls(), counted, ts, x_cpu.to(device), guard)
         ref = toy_solve(cls(), 5, x_cpu).x
         torch.testing.assert_close(x.cpu(), ref, rtol=1e-12, atol=1e-12)
 

@@ -21,12 +21,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 from scipy import integrate as scipy_integrate
+from solver_helpers import (
+    LINEAR_IDS,
+    LINEAR_PROBLEMS,
+    PF_COV,
+    PF_MEAN,
+    PF_SDES,
+    LinearProblem,
+    assert_order,
+    check_2d_and_4d_states_agree,
+    cuda_sync_errors,
+    final_state,
+    linear_grid,
+    no_host_sync,
+    run_steps,
+)
 from torch import Tensor
 
 import scoresde as sd
@@ -48,14 +62,6 @@ FIXED = [
     [23 / 12, -16 / 12, 5 / 12],
     [55 / 24, -59 / 24, 37 / 24, -9 / 24],
 ]
-
-
-def slope(ns: list[int], errors: list[float]) -> float:
-    """Least-squares slope of -log(error) against log(n): the measured order."""
-    xs = [math.log(n) for n in ns]
-    ys = [-math.log(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def solve_exact_start(
@@ -163,54 +169,9 @@ def test_max_order_of_the_wrong_type_is_a_type_error(bad: object) -> None:
 
 
 # --------------------------------------------------------------------------- (a) linear ODEs
-@dataclass(frozen=True)
-class Problem:
-    """dx/dt = velocity(x, t) on [t_a, t_b] with exact flow map exact(x(s), s, t)."""
-
-    name: str
-    velocity: Callable[[Tensor, Tensor], Tensor]
-    exact: Callable[[Tensor, float, float], Tensor]
-    t_a: float
-    t_b: float
-
-
-LAM = -1.3
-PROBLEMS = [
-    Problem(  # dx/dt = lam x
-        "exponential",
-        lambda x, t: LAM * x,
-        lambda x, s, t: x * math.exp(LAM * (t - s)),
-        0.0,
-        1.0,
-    ),
-    Problem(  # dx/dt = 2 cos(t) x  =>  x(t) = x(s) exp(2 sin t - 2 sin s)
-        "time-dependent",
-        lambda x, t: 2.0 * torch.cos(t) * x,
-        lambda x, s, t: x * math.exp(2.0 * (math.sin(t) - math.sin(s))),
-        0.3,
-        1.8,
-    ),
-    Problem(  # dx/dt = -x + t  =>  x(t) = t - 1 + (x(s) - s + 1) exp(-(t - s))
-        "forced",
-        lambda x, t: -x + t,
-        lambda x, s, t: t - 1.0 + (x - s + 1.0) * math.exp(-(t - s)),
-        0.0,
-        2.0,
-    ),
-]
-
-
-def linear_grid(kind: str, t0: float, t1: float, n: int) -> Tensor:
-    """A uniform grid, or a smooth non-uniform one (steps growing linearly along the grid)."""
-    if kind == "uniform":
-        return solvers.uniform(t0, t1, n)
-    u = torch.linspace(0.0, 1.0, n + 1, dtype=F64)
-    return t0 + (t1 - t0) * (0.5 * u + 0.5 * u**2)
-
-
 def linear_errors(
     solver: IPNDM | IPNDMVariable,
-    problem: Problem,
+    problem: LinearProblem,
     backwards: bool,
     grid: str,
     ns: list[int],
@@ -245,30 +206,29 @@ EXACT_START_CASES = [
 
 
 @pytest.mark.parametrize("backwards", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("problem", PROBLEMS, ids=[p.name for p in PROBLEMS])
+@pytest.mark.parametrize("problem", LINEAR_PROBLEMS, ids=LINEAR_IDS)
 @pytest.mark.parametrize(
     ("solver", "grid", "order"),
     EXACT_START_CASES,
     ids=[f"{type(s).__name__}{s.max_order}-{g}" for s, g, _ in EXACT_START_CASES],
 )
 def test_exact_start_order_on_linear_odes(
-    solver: IPNDM | IPNDMVariable, grid: str, order: int, problem: Problem, backwards: bool
+    solver: IPNDM | IPNDMVariable, grid: str, order: int, problem: LinearProblem, backwards: bool
 ) -> None:
     ns = [64, 128, 256, 512]  # asymptotic for every case (errors change sign below n ~ 64)
-    measured = slope(ns, linear_errors(solver, problem, backwards, grid, ns, exact_start=True))
-    assert abs(measured - order) <= 0.35, f"measured order {measured:.3f}, expected {order}"
+    assert_order(ns, linear_errors(solver, problem, backwards, grid, ns, exact_start=True), order)
 
 
-@pytest.mark.parametrize("problem", PROBLEMS, ids=[p.name for p in PROBLEMS])
+@pytest.mark.parametrize("problem", LINEAR_PROBLEMS, ids=LINEAR_IDS)
 @pytest.mark.parametrize("solver", [IPNDM(), IPNDMVariable()], ids=["IPNDM", "IPNDMVariable"])
 def test_cold_start_is_second_order_on_generic_odes(
-    solver: IPNDM | IPNDMVariable, problem: Problem
+    solver: IPNDM | IPNDMVariable, problem: LinearProblem
 ) -> None:
     """The documented limit of the lower-order warm-up: the first (Euler) step's O(h^2) local
     error dominates as h -> 0 when the solution is curved at the start."""
     ns = [32, 64, 128, 256]  # measured 2.00-2.05 already from n = 32
     errors = linear_errors(solver, problem, True, "uniform", ns, exact_start=False)
-    assert abs(slope(ns, errors) - 2) <= 0.35, f"measured order {slope(ns, errors):.3f}"
+    assert_order(ns, errors, 2)
 
 
 def test_first_order_lms_is_euler() -> None:
@@ -306,25 +266,17 @@ def test_warm_up_raises_the_order_one_step_at_a_time() -> None:
 
 
 # --------------------------------------------------------------------------- (b) PF-ODE
-# Gaussian data N(mu, C), eigenvalues of C (0.28, 0.72) not tiny; VP with t_min = 1e-3 (at the
-# default 1e-5 the last steps are stiff for non-exponential methods). Note that "logsnr" is
-# uniform in t for VE (log sigma is linear in t) and that a uniform grid in sigma for EDM is far
-# from its asymptotic regime below n ~ 2000 (the solution varies on the scale of the data
-# standard deviation ~0.5, the steps are 80 / n).
-MEAN = torch.tensor([0.5, -1.0], dtype=F64)
-COV = torch.tensor([[0.6, 0.2], [0.2, 0.4]], dtype=F64)
-SDES: dict[str, Callable[[], Any]] = {
-    "vp": lambda: sd.VPSDE(t_min=1e-3),
-    "ve": lambda: sd.VESDE(),
-    "edm": lambda: sd.EDMSDE(),
-}
+# The Gaussian N(PF_MEAN, PF_COV) under VP (t_min = 1e-3), VE and EDM (see solver_helpers).
+# Note that "logsnr" is uniform in t for VE (log sigma is linear in t) and that a uniform grid
+# in sigma for EDM is far from its asymptotic regime below n ~ 2000 (the solution varies on the
+# scale of the data standard deviation ~0.5, the steps are 80 / n).
 
 
 def pf_errors(
     solver: IPNDM | IPNDMVariable, sde_name: str, grid: str, ns: list[int], exact_start: bool
 ) -> list[float]:
-    sde = SDES[sde_name]()
-    oracle = sd.GaussianMixture.gaussian(MEAN, COV).score_model(sde)
+    sde = PF_SDES[sde_name]()
+    oracle = sd.GaussianMixture.gaussian(PF_MEAN, PF_COV).score_model(sde)
     term = sd.ProbabilityFlowODE(sde, oracle.score)
     x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0)).to(F64)
     exact = oracle.flow_map(x_T, sde.T, sde.t_min)
@@ -349,8 +301,7 @@ def check_pf_order(
     order: int,
     exact_start: bool,
 ) -> None:
-    measured = slope(ns, pf_errors(solver, sde_name, grid, ns, exact_start))
-    assert abs(measured - order) <= 0.35, f"measured order {measured:.3f}, expected {order}"
+    assert_order(ns, pf_errors(solver, sde_name, grid, ns, exact_start), order)
 
 
 def test_variable_step_cold_start_is_fourth_order_on_the_edm_pf_ode() -> None:
@@ -485,25 +436,15 @@ def test_float32_state_stays_float32_inside_steps(solver: IPNDM | IPNDMVariable)
     ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 6)
     state = solver.init(term, ts, x)
     assert state.coefficients.dtype == torch.float32 and state.coefficients.shape == (6, 4)
-    for i in range(6):
-        x, state = solver.step(term, ts[i], ts[i + 1], x, state, None)
-        assert x.dtype == torch.float32
+    for x_i, state in run_steps(solver, term, ts, x):
+        assert x_i.dtype == torch.float32
         assert all(d.dtype == torch.float32 for d in state.history)
 
 
 @pytest.mark.parametrize("solver", [IPNDM(), IPNDMVariable()], ids=["IPNDM", "IPNDMVariable"])
 def test_2d_and_4d_states_agree(solver: IPNDM | IPNDMVariable) -> None:
-    sde = sd.VPSDE(t_min=1e-3)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(4, 4, generator=g, dtype=F64)
-    gmm = sd.GaussianMixture.gaussian(torch.randn(4, generator=g, dtype=F64), a @ a.T + 0.5)
-    term = sd.ProbabilityFlowODE(sde, gmm.score_model(sde).score)
-    x_T = sde.prior_sample((3, 4), generator=g).to(F64)
-    ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 7)
-    flat = integrate(solver, term, x_T, ts)
-    image = integrate(solver, term, x_T.reshape(3, 1, 2, 2), ts)
-    assert image.x.shape == (3, 1, 2, 2) and image.nfe == flat.nfe == 7
-    torch.testing.assert_close(image.x.reshape(3, 4), flat.x, rtol=1e-12, atol=1e-12)
+    flat, _ = check_2d_and_4d_states_agree(solver, 7)
+    assert flat.nfe == 7
 
 
 def test_class_attributes_and_builtins() -> None:
@@ -516,28 +457,13 @@ def test_class_attributes_and_builtins() -> None:
         assert cls().max_order == 4
 
 
-_SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-
-
 @pytest.mark.parametrize("solver", [IPNDM(), IPNDMVariable()], ids=["IPNDM", "IPNDMVariable"])
-def test_steps_make_no_host_synchronising_calls(
-    solver: IPNDM | IPNDMVariable, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_steps_make_no_host_synchronising_calls(solver: IPNDM | IPNDMVariable) -> None:
     """CPU stand-in for the CUDA check below: every Tensor -> Python conversion raises while
     the steps run (init may convert; steps may not)."""
     term = ODETerm(lambda x, t: -t * x)
     ts = solvers.karras(sd.EDMSDE(), 80.0, 0.002, 4)
-    x = torch.ones(3, 2, dtype=torch.float32)
-    state = solver.init(term, ts, x)
-
-    def forbidden(*args: object, **kwargs: object) -> None:
-        raise AssertionError("host synchronisation inside a step")
-
-    for name in _SYNCING:
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    for i in range(4):
-        x, state = solver.step(term, ts[i], ts[i + 1], x, state, None)
-    monkeypatch.undo()
+    x = final_state(solver, term, ts, torch.ones(3, 2, dtype=torch.float32), no_host_sync)
     assert bool(torch.isfinite(x).all())
 
 
@@ -548,13 +474,6 @@ def test_steps_do_not_synchronise_with_the_device(solver: IPNDM | IPNDMVariable)
     term = ODETerm(lambda x, t: -t * x)
     x = torch.randn(4, 3, device="cuda")
     ts = solvers.karras(sd.EDMSDE(), 80.0, 0.002, 6).cuda()
-    state = solver.init(term, ts, x)
-    assert state.coefficients.device.type == "cuda"
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for i in range(6):
-            x, state = solver.step(term, ts[i], ts[i + 1], x, state, None)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert solver.init(term, ts, x).coefficients.device.type == "cuda"
+    x = final_state(solver, term, ts, x, cuda_sync_errors)
     assert x.device.type == "cuda" and x.dtype == torch.float32

@@ -1,74 +1,37 @@
 """Fixed-step ODE solvers: the measured convergence order matches the declared ``order``.
 
 Each problem carries its exact solution (torchdiffeq's test-problem style); we solve with
-``n = 2^k`` steps, regress ``log2(error)`` on ``log2(h)`` and check the slope (diffrax
-``test_ode_order``).
+``n = 2^k`` steps, regress ``log(error)`` on ``log(h)`` (the slope of ``-log(error)`` on
+``log(n)``, :func:`solver_helpers.order_slope`) and check it (diffrax ``test_ode_order``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
+from solver_helpers import (
+    LINEAR_IDS,
+    LINEAR_PROBLEMS,
+    LinearProblem,
+    final_state,
+    no_host_sync,
+    order_slope,
+)
 from torch import Tensor
 
 import solvers
 from solvers import ODETerm, integrate, uniform
 
 F64 = torch.float64
-
-
-@dataclass(frozen=True)
-class Problem:
-    """dx/dt = velocity(x, t) with exact flow map x(t1) = exact(x(t0), t0, t1)."""
-
-    name: str
-    velocity: Callable[[Tensor, Tensor], Tensor]
-    exact: Callable[[Tensor, float, float], Tensor]
-    t_a: float
-    t_b: float
-
-
-LAM = -1.3
-PROBLEMS = [
-    Problem(
-        "exponential",  # dx/dt = lam x
-        lambda x, t: LAM * x,
-        lambda x, t0, t1: x * math.exp(LAM * (t1 - t0)),
-        0.0,
-        1.0,
-    ),
-    Problem(
-        "time-dependent",  # dx/dt = 2 cos(t) x  =>  x(t1) = x(t0) exp(2 sin t1 - 2 sin t0)
-        lambda x, t: 2.0 * torch.cos(t) * x,
-        lambda x, t0, t1: x * math.exp(2.0 * (math.sin(t1) - math.sin(t0))),
-        0.3,
-        1.8,
-    ),
-    Problem(
-        "forced",  # dx/dt = -x + t  =>  x(t1) = t1 - 1 + (x(t0) - t0 + 1) exp(-(t1 - t0))
-        lambda x, t: -x + t,
-        lambda x, t0, t1: t1 - 1.0 + (x - t0 + 1.0) * math.exp(-(t1 - t0)),
-        0.0,
-        2.0,
-    ),
-]
-
-
-def _slope(hs: list[float], errors: list[float]) -> float:
-    """Least-squares slope of log2(error) against log2(h)."""
-    xs = [math.log2(h) for h in hs]
-    ys = [math.log2(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+PROBLEMS = LINEAR_PROBLEMS
 
 
 def measured_order(
     solver: solvers.Solver,
-    problem: Problem,
+    problem: LinearProblem,
     backwards: bool,
     ks: range,
     shape: tuple[int, ...],
@@ -77,21 +40,19 @@ def measured_order(
     t0, t1 = (problem.t_b, problem.t_a) if backwards else (problem.t_a, problem.t_b)
     x0 = 0.5 + torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     exact = problem.exact(x0, t0, t1)
-    hs, errors = [], []
-    for k in ks:
-        n = 2**k
+    ns, errors = [2**k for k in ks], []
+    for n in ns:
         sol = integrate(solver, ODETerm(problem.velocity), x0, uniform(t0, t1, n))
         assert sol.x.dtype == dtype
         assert sol.nfe == n * type(solver).evals_per_step
-        hs.append(abs(t1 - t0) / n)
         errors.append((sol.x - exact).abs().max().item())
     assert all(e > 0 for e in errors)
-    return _slope(hs, errors)
+    return order_slope(ns, errors)  # = slope of log(error) against log(h), h = |t1 - t0| / n
 
 
 @pytest.mark.parametrize("backwards", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("problem", PROBLEMS, ids=[p.name for p in PROBLEMS])
-def test_euler_convergence_order(problem: Problem, backwards: bool) -> None:
+@pytest.mark.parametrize("problem", PROBLEMS, ids=LINEAR_IDS)
+def test_euler_convergence_order(problem: LinearProblem, backwards: bool) -> None:
     slope = measured_order(solvers.Euler(), problem, backwards, range(5, 11), (4, 3))
     assert solvers.Euler.order == 1
     assert 0.9 <= slope <= 1.1, f"measured order {slope:.3f}"
@@ -117,6 +78,41 @@ def test_order_check_would_catch_a_wrong_method() -> None:
 
     slope = measured_order(HalfStep(), PROBLEMS[0], False, range(5, 9), (2, 2))
     assert abs(slope) < 0.1
+
+
+@pytest.mark.parametrize(
+    "sync",
+    [
+        lambda dt: dt.item(),
+        lambda dt: float(dt),
+        lambda dt: bool(dt < 0),
+        lambda dt: 1.0 if dt < 0 else 2.0,
+        lambda dt: f"{dt:.3f}",
+        lambda dt: dt.tolist(),
+        lambda dt: dt.cpu(),
+        lambda dt: [0, 1, 2][dt.abs().ceil().long()],
+        lambda dt: math.exp(dt),
+    ],
+    ids=["item", "float", "bool", "if", "format", "tolist", "cpu", "index", "math"],
+)
+def test_no_host_sync_would_catch_a_syncing_step(sync: Callable[[Tensor], object]) -> None:
+    """Sanity of the sync harness: a step that converts a tensor to Python fails under
+    no_host_sync (also when the conversion happens inside another torch function), and the
+    tensor methods are restored afterwards."""
+
+    class SyncingEuler(solvers.Euler):
+        """Test-only Euler that synchronises with the host inside its step."""
+
+        def step(self, term, t0, t1, x, state, noise):
+            sync(t1 - t0)
+            return super().step(term, t0, t1, x, state, noise)
+
+    term, ts, x = ODETerm(lambda x, t: -x), uniform(1.0, 0.0, 2), torch.ones(2, 2)
+    with pytest.raises(AssertionError, match="host synchronisation inside a step"):
+        final_state(SyncingEuler(), term, ts, x, no_host_sync)
+    final_state(SyncingEuler(), term, ts, x)  # no guard: fine, and the methods are back
+    t = torch.tensor(0.5, dtype=F64)
+    assert (t.item(), float(t), bool(t), f"{t:.1f}", t.tolist()) == (0.5, 0.5, True, "0.5", 0.5)
 
 
 def test_euler_single_step_matches_formula() -> None:

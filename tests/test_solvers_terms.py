@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_helpers import EDMSchedule
 from torch import Tensor
 
 import solvers
@@ -24,22 +25,6 @@ from solvers.terms import (
     CountingSDETerm,
     protocol_members,
 )
-
-
-class EDMSchedule:
-    """alpha = 1, sigma = t (Karras et al. 2022)."""
-
-    def alpha(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return t
-
-    def log_snr(self, t: Tensor) -> Tensor:
-        return -2.0 * torch.log(t)
-
-    def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        return torch.exp(-lam / 2.0)
 
 
 def _x(shape: tuple[int, ...] = (3, 2)) -> Tensor:

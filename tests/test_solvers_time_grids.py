@@ -9,27 +9,12 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from solver_helpers import EDMSchedule
 from torch import Tensor
 
 from solvers import GRIDS, Schedule, as_grid, karras, log_snr_uniform, make_grid, quadratic, uniform
 
 F64 = torch.float64
-
-
-class EDMSchedule:
-    """alpha = 1, sigma = t (Karras et al. 2022): log_snr = -2 log t."""
-
-    def alpha(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return t
-
-    def log_snr(self, t: Tensor) -> Tensor:
-        return -2.0 * torch.log(t)
-
-    def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        return torch.exp(-lam / 2.0)
 
 
 class CosineVPSchedule:
