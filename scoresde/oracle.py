@@ -353,7 +353,7 @@ class GaussianMixture:
         p = self._params(x.device)
         log_joint, zw = self._terms(p, x, alpha, sigma)
         r = _softmax(log_joint, -1)
-        return -p.unrotate(zw.mul_(r[..., None]))
+        return -p.unrotate(zw * r[..., None])
 
     def _posterior_mean_flat(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """E[x0 | x_t] = sum_k r_k (mu_k + alpha Sigma_k (alpha^2 Sigma_k + sigma^2 I)^-1
@@ -361,7 +361,7 @@ class GaussianMixture:
         p = self._params(x.device)
         log_joint, zw = self._terms(p, x, alpha, sigma)
         r = _softmax(log_joint, -1)
-        return r @ p.mu + p.unrotate(zw.mul_(r[..., None]).mul_(p.lam).mul_(alpha))
+        return r @ p.mu + p.unrotate(zw * r[..., None] * p.lam * alpha)
 
     # ------------------------------------------------------------------ data distribution
     def log_prob(self, x: Tensor) -> Tensor:
@@ -629,7 +629,7 @@ class GaussianMixtureOracle(ScoreModel):
         member = labels.to(flat.device)[None, :] == yy.reshape(-1, 1)
         r_y = _softmax(log_joint.masked_fill(~member, -math.inf), -1)
         r = _softmax(log_joint, -1)
-        grad = -p.unrotate(zw.mul_((r_y - r)[..., None]))
+        grad = -p.unrotate(zw * (r_y - r)[..., None])
         return grad.reshape(x.shape).to(x.dtype)
 
     def condition(self, y: int | Tensor) -> GaussianMixtureOracle:
