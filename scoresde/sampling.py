@@ -31,6 +31,7 @@ from torch import Tensor
 import solvers
 from scoresde.reverse import solver_term
 from scoresde.sde import SDE
+from solvers.brownian import PerSampleNoise
 
 __all__ = ["sample", "SampleResult", "SamplerModel", "solvers_available", "resolve_solver"]
 
@@ -91,7 +92,9 @@ def _initial_noise(
     seeds: Sequence[int] | None,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
-) -> Tensor:
+) -> tuple[Tensor, list[torch.Generator] | None]:
+    """The initial state, and with ``seeds`` the per-sample generators it was drawn from
+    (the solver's noise of sample i continues generator i's stream)."""
     if (shape is None) == (x_init is None):
         raise ValueError("give exactly one of shape (draw x_T from the prior) or x_init")
     if x_init is not None:
@@ -99,21 +102,19 @@ def _initial_noise(
             raise ValueError("seeds draws the initial noise; it cannot be used with x_init")
         if not isinstance(x_init, Tensor) or not x_init.is_floating_point() or x_init.ndim < 1:
             raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
-        return x_init
+        return x_init, None
     assert shape is not None
     shape = tuple(shape)
     if seeds is None:
-        return sde.prior_sample(shape, generator, device=device, dtype=dtype)
+        return sde.prior_sample(shape, generator, device=device, dtype=dtype), None
     if generator is not None:
         raise ValueError("give either generator or seeds (one seed per sample), not both")
     if len(seeds) != shape[0]:
         raise ValueError(f"seeds must have one seed per sample: {shape[0]}, got {len(seeds)}")
     # sample i comes from its own generator: independent of the batch it is drawn in
-    rows = [
-        sde.prior_sample((1, *shape[1:]), torch.Generator().manual_seed(int(s)), dtype=dtype)
-        for s in seeds
-    ]
-    return torch.cat(rows).to(device if device is not None else rows[0].device)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    rows = [sde.prior_sample((1, *shape[1:]), g, dtype=dtype) for g in gens]
+    return torch.cat(rows).to(device if device is not None else rows[0].device), gens
 
 
 def _grid(
@@ -166,7 +167,12 @@ def sample(
             decreasing float64 tensor from T to t_min, or None for the method's default grid.
         generator: randomness for the initial noise (and the solver's noise, if stochastic).
         seeds: one seed per sample instead of ``generator``: sample i is then the same
-            whatever the batch it is drawn in (ODE methods).
+            whatever the batch it is drawn in. For stochastic methods the solver's noise of
+            sample i is drawn from the same per-sample stream, after its initial noise
+            (``solvers.brownian.PerSampleNoise``); the batch-independence holds for the
+            fixed-grid methods and the per-sample adaptive ``adaptive_sde``, not for
+            ``sde_srk_adaptive`` (torchsde adapts one step size for the whole batch) nor for
+            ``pc`` with ``norm="batch"``.
         denoise_final: replace the result by the Tweedie estimate ``x0(x, t_min)`` (one more
             evaluation, taken from the budget).
         progress: show a progress bar.
@@ -180,7 +186,9 @@ def sample(
     """
     sde = model.sde
     solver, name = resolve_solver(method)
-    x = _initial_noise(sde, shape, x_init, generator, seeds, device, dtype)
+    x, gens = _initial_noise(sde, shape, x_init, generator, seeds, device, dtype)
+    # seeds: each sample's solver noise continues its own stream (stochastic methods)
+    noise = PerSampleNoise(gens) if gens is not None and type(solver).stochastic else None
     final_cost = 1 if denoise_final else 0
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
         raise ValueError(f"nfe must be an int >= 1 (the evaluation budget), got nfe={nfe!r}")
@@ -216,6 +224,7 @@ def sample(
             x,
             ts,
             generator=generator,
+            noise=noise,
             callback=callback,
             save_path=return_trajectory,
             progress=progress,

@@ -21,6 +21,10 @@ from solvers.adaptive import ScipyRK45 as ScipyRK45
 from solvers.base import Solver as Solver
 from solvers.base import check_solver_class as check_solver_class
 from solvers.broadcast import append_dims as append_dims
+from solvers.brownian import BrownianPath as BrownianPath
+from solvers.brownian import GaussianNoise as GaussianNoise
+from solvers.brownian import NoiseSource as NoiseSource
+from solvers.brownian import PerSampleNoise as PerSampleNoise
 from solvers.exponential import DDIM as DDIM
 from solvers.exponential import DPMSolver2 as DPMSolver2
 from solvers.exponential import DPMSolver3 as DPMSolver3
@@ -40,6 +44,7 @@ from solvers.ode_fixed import RK4 as RK4
 from solvers.ode_fixed import Euler as Euler
 from solvers.ode_fixed import Heun as Heun
 from solvers.ode_fixed import Midpoint as Midpoint
+from solvers.predictor_corrector import PredictorCorrector as PredictorCorrector
 from solvers.protocols import DenoiserTermLike as DenoiserTermLike
 from solvers.protocols import ODETermLike as ODETermLike
 from solvers.protocols import Schedule as Schedule
@@ -50,6 +55,18 @@ from solvers.registry import UnknownSolverError as UnknownSolverError
 from solvers.registry import get_solver as get_solver
 from solvers.registry import register as register
 from solvers.registry import solvers_available as solvers_available
+from solvers.sde_adaptive import GottaGoFast as GottaGoFast
+from solvers.sde_adaptive import TorchSDEAdaptive as TorchSDEAdaptive
+from solvers.sde_adaptive import TorchSDEEuler as TorchSDEEuler
+from solvers.sde_adaptive import TorchSDEMilstein as TorchSDEMilstein
+from solvers.sde_adaptive import TorchSDEReversibleHeun as TorchSDEReversibleHeun
+from solvers.sde_adaptive import TorchSDESRK as TorchSDESRK
+from solvers.sde_fixed import Ancestral as Ancestral
+from solvers.sde_fixed import DPMSolverPP2MSDE as DPMSolverPP2MSDE
+from solvers.sde_fixed import DPMSolverPP3MSDE as DPMSolverPP3MSDE
+from solvers.sde_fixed import EDMStochastic as EDMStochastic
+from solvers.sde_fixed import EulerMaruyama as EulerMaruyama
+from solvers.sde_fixed import ReverseDiffusion as ReverseDiffusion
 from solvers.terms import DenoiserTerm as DenoiserTerm
 from solvers.terms import ODETerm as ODETerm
 from solvers.terms import SDETerm as SDETerm
@@ -105,6 +122,23 @@ __all__ = [
     "Dopri8",
     "ScipyRK45",
     "ScipyDOP853",
+    "EulerMaruyama",
+    "ReverseDiffusion",
+    "Ancestral",
+    "EDMStochastic",
+    "DPMSolverPP2MSDE",
+    "DPMSolverPP3MSDE",
+    "PredictorCorrector",
+    "TorchSDEEuler",
+    "TorchSDEMilstein",
+    "TorchSDESRK",
+    "TorchSDEReversibleHeun",
+    "TorchSDEAdaptive",
+    "GottaGoFast",
+    "NoiseSource",
+    "GaussianNoise",
+    "PerSampleNoise",
+    "BrownianPath",
     "SOLVERS",
     "register",
     "get_solver",

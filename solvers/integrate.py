@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from solvers.base import Solver, check_solver_class
+from solvers.brownian import GaussianNoise, NoiseSource
 from solvers.terms import count_evaluations, protocol_members
 from solvers.time_grids import check_grid
 
@@ -81,7 +82,7 @@ def _check_term(solver: Solver[Any, Any], term: object) -> None:
 
 
 def _check_inputs(
-    solver: object, x0: object, ts: object, generator: object, callback: object
+    solver: object, x0: object, ts: object, generator: object, callback: object, noise: object
 ) -> None:
     if not isinstance(solver, Solver):
         if isinstance(solver, type) and issubclass(solver, Solver):
@@ -110,6 +111,14 @@ def _check_inputs(
     check_grid(ts, name="ts")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    if noise is not None:
+        if not isinstance(noise, NoiseSource):
+            raise TypeError(
+                f"noise must be a solvers.brownian.NoiseSource (GaussianNoise, PerSampleNoise, "
+                f"BrownianPath) or None, got {type(noise).__name__}"
+            )
+        if generator is not None:
+            raise ValueError("give either generator or noise (a noise source), not both")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (i, t, x) or None, got {callback!r}")
 
@@ -121,6 +130,7 @@ def integrate(
     ts: Tensor,
     *,
     generator: torch.Generator | None = None,
+    noise: NoiseSource | None = None,
     callback: Callback | None = None,
     save_path: bool = False,
     progress: bool = False,
@@ -137,9 +147,14 @@ def integrate(
       What a term receives as ``t`` is a 0-d float64 tensor on that device.
     * Dtype/device: the state keeps ``x0``'s dtype and device at every step (a step result in
       another dtype is cast back); the grid stays float64.
-    * Noise (stochastic solvers only): before every step, in step order, one
-      :func:`standard_normal_noise` draw ``z ~ N(0, I)`` of ``x``'s shape from ``generator``;
-      the solver forms ``dW = sqrt(|dt|) z``. Same generator seed, same result.
+    * Noise (stochastic solvers only): before every step, in step order, one draw
+      ``z = noise.increment(t0, t1, x)`` of ``x``'s shape (default source:
+      :class:`solvers.brownian.GaussianNoise` on ``generator``, i.e. one
+      :func:`standard_normal_noise` draw); the solver forms ``dW = sqrt(|dt|) z``. A solver
+      needing ``k = solver.noise_draws > 1`` draws per step (the predictor-corrector sampler)
+      gets them stacked, shape ``(k, *x.shape)``: the increment first, then ``k - 1`` draws
+      ``noise.normal(x)``. Same generator seed, same result. Whole-interval stochastic solvers
+      (torchsde, the adaptive SDE solver) get the source itself.
     * NFE: the term is wrapped in a counter (:func:`solvers.terms.count_evaluations`); every
       ``velocity``/``drift``/``denoise`` call is one evaluation, ``diffusion`` is free.
     * Gradients: the ambient grad mode is respected (integrate never changes it). Wrap a
@@ -158,6 +173,9 @@ def integrate(
         x0: initial state ``(B, *dims)``, floating dtype, finite.
         ts: time grid ``(N + 1,)`` float64 (see :mod:`solvers.time_grids`).
         generator: source of the noise of stochastic solvers (``None``: global RNG).
+        noise: a :class:`solvers.brownian.NoiseSource` instead of ``generator``: per-sample
+            seeds (:class:`~solvers.brownian.PerSampleNoise`) or one Brownian path shared by
+            several solves (:class:`~solvers.brownian.BrownianPath`).
         callback: ``callback(i, t, x)`` after each step ``i`` with ``t = ts[i + 1]``.
         save_path: also return the states at every grid point.
         progress: show a tqdm progress bar.
@@ -171,20 +189,22 @@ def integrate(
         ValueError: invalid grid (naming the problem) or initial state.
         NonFiniteError: the state became NaN/inf (naming the step).
     """
-    _check_inputs(solver, x0, ts, generator, callback)
+    _check_inputs(solver, x0, ts, generator, callback, noise)
     _check_term(solver, term)
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite, got NaN or inf entries")
     from solvers.adaptive import AdaptiveSolver  # here: solvers.adaptive imports this module
 
-    if isinstance(solver, AdaptiveSolver):
-        return _integrate_adaptive(solver, term, x0, ts, callback, save_path, progress)
+    stochastic = type(solver).stochastic
+    source = (noise if noise is not None else GaussianNoise(generator)) if stochastic else None
+    if isinstance(solver, AdaptiveSolver) or (stochastic and hasattr(solver, "solve")):
+        return _integrate_adaptive(solver, term, x0, ts, callback, save_path, progress, source)
     name = type(solver).__name__
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     ts = ts.to(device)
     n_steps = ts.numel() - 1
     counted = count_evaluations(term, type(solver).term_type)
-    stochastic = type(solver).stochastic
+    draws = int(getattr(solver, "noise_draws", 1))
 
     bar: Any = None
     if progress:
@@ -199,8 +219,12 @@ def integrate(
         state = solver.init(counted, ts, x)
         for i in range(n_steps):
             t0, t1 = ts[i], ts[i + 1]
-            noise = standard_normal_noise(x, generator) if stochastic else None
-            x, state = solver.step(counted, t0, t1, x, state, noise)
+            z: Tensor | None = None
+            if source is not None:
+                z = source.increment(t0, t1, x)
+                if draws > 1:
+                    z = torch.stack([z, *(source.normal(x) for _ in range(draws - 1))])
+            x, state = solver.step(counted, t0, t1, x, state, z)
             if x.shape != shape:
                 raise RuntimeError(
                     f"solver {name} returned a state of shape {tuple(x.shape)} at step {i}, "
@@ -242,16 +266,20 @@ def _integrate_adaptive(
     callback: Callback | None,
     save_path: bool,
     progress: bool,
+    noise: NoiseSource | None = None,
 ) -> Solution:
-    """:func:`integrate` for an adaptive solver (``solvers.AdaptiveSolver``): the solver picks
-    its own steps and ``ts`` are the output times. The callback runs once per output time
-    ``ts[1:]``, after the solve, with the saved state there."""
+    """:func:`integrate` for a whole-interval solver (``solvers.AdaptiveSolver``, and the
+    stochastic solvers with a ``solve`` method: torchsde, the adaptive SDE solver): the solver
+    runs over the whole grid itself (adaptive ones pick their own steps and ``ts`` are the
+    output times). The callback runs once per point ``ts[1:]``, after the solve, with the saved
+    state there. Stochastic ones get the noise source as ``solve(..., noise=source)``."""
     name = type(solver).__name__
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     ts = ts.to(device)
     counted = count_evaluations(term, type(solver).term_type)
+    extra: dict[str, Any] = {} if noise is None else {"noise": noise}
     x, path = solver.solve(
-        counted, x0, ts, save_path=save_path or callback is not None, progress=progress
+        counted, x0, ts, save_path=save_path or callback is not None, progress=progress, **extra
     )
     if x.shape != shape:
         raise RuntimeError(

@@ -9,7 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from solvers import adaptive, exponential, exponential_multistep, linear_multistep, ode_fixed
+from solvers import (
+    adaptive,
+    exponential,
+    exponential_multistep,
+    linear_multistep,
+    ode_fixed,
+    predictor_corrector,
+    sde_adaptive,
+    sde_fixed,
+)
 from solvers.base import Solver, check_solver_class
 
 __all__ = [
@@ -29,6 +38,9 @@ SOLVERS: dict[str, type[Solver[Any, Any]]] = {
     **exponential.BUILTINS,
     **exponential_multistep.BUILTINS,
     **adaptive.BUILTINS,
+    **sde_fixed.BUILTINS,
+    **predictor_corrector.BUILTINS,
+    **sde_adaptive.BUILTINS,
 }
 """Name -> solver class. Built-ins are listed here; :func:`register` adds user solvers."""
 
