@@ -5,6 +5,13 @@ SDE / probability-flow ODE terms. Implementation lives in private-by-convention 
 import from ``scoresde`` rather than from deep paths.
 """
 
+from scoresde.checkpoint import Checkpoint as Checkpoint
+from scoresde.checkpoint import CheckpointError as CheckpointError
+from scoresde.checkpoint import latest_checkpoint as latest_checkpoint
+from scoresde.checkpoint import load_checkpoint as load_checkpoint
+from scoresde.config import Config as Config
+from scoresde.config import ConfigError as ConfigError
+from scoresde.config import load_config as load_config
 from scoresde.data import Baselines as Baselines
 from scoresde.data import Dataset as Dataset
 from scoresde.data import baselines as baselines
@@ -16,6 +23,27 @@ from scoresde.data import load_npz as load_npz
 from scoresde.data import load_toy as load_toy
 from scoresde.data import sample_toy as sample_toy
 from scoresde.data import uniform_bits_per_dim as uniform_bits_per_dim
+from scoresde.divergence import exact_divergence as exact_divergence
+from scoresde.divergence import hutchinson_divergence as hutchinson_divergence
+from scoresde.divergence import sample_probes as sample_probes
+from scoresde.elbo import ELBOResult as ELBOResult
+from scoresde.elbo import elbo as elbo
+from scoresde.guidance import CFGModel as CFGModel
+from scoresde.guidance import ClassifierGuidedModel as ClassifierGuidedModel
+from scoresde.guidance import ClassifierLossOutput as ClassifierLossOutput
+from scoresde.guidance import ConditionalOracleNet as ConditionalOracleNet
+from scoresde.guidance import InpaintSolver as InpaintSolver
+from scoresde.guidance import NoisyClassifier as NoisyClassifier
+from scoresde.guidance import classifier_loss as classifier_loss
+from scoresde.guidance import drop_labels as drop_labels
+from scoresde.guidance import inpaint as inpaint
+from scoresde.guidance import inpaint_solver as inpaint_solver
+from scoresde.likelihood import ConvergenceError as ConvergenceError
+from scoresde.likelihood import LikelihoodResult as LikelihoodResult
+from scoresde.likelihood import decode as decode
+from scoresde.likelihood import dequantize as dequantize
+from scoresde.likelihood import encode as encode
+from scoresde.likelihood import log_likelihood as log_likelihood
 from scoresde.losses import T_SAMPLERS as T_SAMPLERS
 from scoresde.losses import WEIGHTINGS as WEIGHTINGS
 from scoresde.losses import LossOutput as LossOutput
@@ -54,6 +82,13 @@ from scoresde.schedules import VPFamily as VPFamily
 from scoresde.sde import SDE as SDE
 from scoresde.sde import DiscreteChain as DiscreteChain
 from scoresde.sde import Marginal as Marginal
+from scoresde.training import BitsPerDim as BitsPerDim
+from scoresde.training import EvalResult as EvalResult
+from scoresde.training import LoadedModel as LoadedModel
+from scoresde.training import Trainer as Trainer
+from scoresde.training import TrainResult as TrainResult
+from scoresde.training import load_model as load_model
+from scoresde.training import train as train
 
 __version__ = "0.1.0"
 
@@ -107,4 +142,39 @@ __all__ = [
     "baselines",
     "uniform_bits_per_dim",
     "categorical_bits_per_dim",
+    "log_likelihood",
+    "LikelihoodResult",
+    "ConvergenceError",
+    "encode",
+    "decode",
+    "dequantize",
+    "elbo",
+    "ELBOResult",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "sample_probes",
+    "CFGModel",
+    "ClassifierGuidedModel",
+    "NoisyClassifier",
+    "classifier_loss",
+    "ClassifierLossOutput",
+    "drop_labels",
+    "ConditionalOracleNet",
+    "inpaint",
+    "inpaint_solver",
+    "InpaintSolver",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "train",
+    "Trainer",
+    "TrainResult",
+    "EvalResult",
+    "BitsPerDim",
+    "LoadedModel",
+    "load_model",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "latest_checkpoint",
 ]
