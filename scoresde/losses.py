@@ -57,7 +57,7 @@ import abc
 import math
 import weakref
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -344,19 +344,25 @@ WEIGHTINGS: dict[str, type[Weighting]] = {
 assert set(WEIGHTINGS) == set(get_args(WeightingName))
 
 
+def _from_registry(arg: str, value: object, table: dict[str, Any], base: type, kwargs: dict) -> Any:
+    """``value`` if it is an instance of ``base``, else ``table[value](**kwargs)``; errors name
+    ``arg`` and list the known names."""
+    if isinstance(value, base):
+        if kwargs:
+            raise ValueError(f"keyword parameters apply only when {arg} is given by name")
+        return value
+    if not isinstance(value, str) or value not in table:
+        raise ValueError(f"{arg} must be one of {sorted(table)}, got {value!r}")
+    return table[value](**kwargs)
+
+
 def get_weighting(weighting: str | Weighting, **kwargs: float) -> Weighting:
     """A :class:`Weighting` from its name (with its parameters as keywords) or an instance.
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    if isinstance(weighting, Weighting):
-        if kwargs:
-            raise ValueError("keyword parameters apply only when weighting is given by name")
-        return weighting
-    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
-    return WEIGHTINGS[weighting](**kwargs)
+    return _from_registry("weighting", weighting, WEIGHTINGS, Weighting, kwargs)
 
 
 # --------------------------------------------------------------------------- time samplers
@@ -639,13 +645,7 @@ def get_t_sampler(sampler: str | TimeSampler, **kwargs: object) -> TimeSampler:
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    if isinstance(sampler, TimeSampler):
-        if kwargs:
-            raise ValueError("keyword parameters apply only when t_sampler is given by name")
-        return sampler
-    if not isinstance(sampler, str) or sampler not in T_SAMPLERS:
-        raise ValueError(f"t_sampler must be one of {sorted(T_SAMPLERS)}, got {sampler!r}")
-    return T_SAMPLERS[sampler](**kwargs)
+    return _from_registry("t_sampler", sampler, T_SAMPLERS, TimeSampler, kwargs)
 
 
 def _check_n(n: object) -> int:
