@@ -69,8 +69,7 @@ from scoresde.losses import (
     perturb,
 )
 from scoresde.models.embeddings import check_time
-from scoresde.models.embeddings import time_embedding as make_time_embedding
-from scoresde.models.mlp import _ResidualBlock
+from scoresde.models.mlp import MLP
 from scoresde.oracle import GaussianMixtureOracle
 from scoresde.parametrization import (
     Prediction,
@@ -450,26 +449,21 @@ class NoisyClassifier(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("width", width), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got num_classes={num_classes!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got dropout={dropout!r}")
         self.dim = dim
         self.num_classes = num_classes
-        self.time_embed = nn.Sequential(
-            make_time_embedding(time_embedding, emb_dim, time_scale),
-            nn.Linear(emb_dim, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
+        # the trunk of scoresde.MLP (unconditional) with a head to the class logits
+        self.trunk = MLP(
+            dim,
+            width=width,
+            depth=depth,
+            emb_dim=emb_dim,
+            time_embedding=time_embedding,
+            time_scale=time_scale,
+            dropout=dropout,
+            out_dim=num_classes,
         )
-        self.inp = nn.Linear(dim, width)
-        self.blocks = nn.ModuleList(_ResidualBlock(width, emb_dim, dropout) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, num_classes)
-        self.act = nn.SiLU()
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Class logits.
@@ -481,16 +475,7 @@ class NoisyClassifier(nn.Module):
         Returns:
             (B, num_classes) logits, x's dtype.
         """
-        if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(
-                f"x must have shape (B, ...) with {self.dim} features per sample, got "
-                f"{tuple(x.shape)}"
-            )
-        emb = self.time_embed(check_time(t, x))
-        h = self.inp(x.flatten(1))
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.out(self.act(self.out_norm(h)))
+        return self.trunk(x, t)
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,15 @@ class TimeSampler(abc.ABC):
         """
 
 
+def _uniform_times(
+    draw: Any, n: int, sde: SDE, generator: torch.Generator | None, device: Any
+) -> TimeSample:
+    """Times ``t_min + (T - t_min) u`` with unit density ratio, u from ``draw(n, g, device)``."""
+    u = draw(_check_n(n), generator, _device(device))
+    t = sde.t_min + (sde.T - sde.t_min) * u
+    return TimeSample(t, torch.ones_like(t))
+
+
 @dataclass(frozen=True)
 class UniformTimeSampler(TimeSampler):
     """t ~ U[t_min, T] (Song et al. 2021; Ho et al. 2020 in discrete time)."""
@@ -434,9 +443,7 @@ class UniformTimeSampler(TimeSampler):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> TimeSample:
-        u = _uniform(_check_n(n), generator, _device(device))
-        t = sde.t_min + (sde.T - sde.t_min) * u
-        return TimeSample(t, torch.ones_like(t))
+        return _uniform_times(_uniform, n, sde, generator, device)
 
 
 @dataclass(frozen=True)
@@ -457,9 +464,7 @@ class LowDiscrepancyTimeSampler(TimeSampler):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> TimeSample:
-        u = _low_discrepancy(_check_n(n), generator, _device(device))
-        t = sde.t_min + (sde.T - sde.t_min) * u
-        return TimeSample(t, torch.ones_like(t))
+        return _uniform_times(_low_discrepancy, n, sde, generator, device)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ class MLP(nn.Module):
         num_classes: number of classes for class conditioning (None: unconditional); label
             ``num_classes`` is the null label, and ``y=None`` means null.
         dropout: dropout rate inside the blocks.
+        out_dim: output features (default ``dim``: an output shaped like the input; another
+            value gives a ``(B, out_dim)`` head, e.g. class logits).
     """
 
     def __init__(
@@ -66,9 +68,11 @@ class MLP(nn.Module):
         time_scale: float | None = None,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("width", width), ("depth", depth)):
+        out_dim = dim if out_dim is None else out_dim
+        for name, value in (("dim", dim), ("width", width), ("depth", depth), ("out_dim", out_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
         if not 0.0 <= dropout < 1.0:
@@ -85,7 +89,8 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, emb_dim, dropout) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, dim)
+        self.out_dim = out_dim
+        self.out = nn.Linear(width, out_dim)
         self.act = nn.SiLU()
 
     @property
@@ -103,7 +108,7 @@ class MLP(nn.Module):
                 only for a class-conditional network.
 
         Returns:
-            (B, *shape), x's dtype.
+            (B, *shape), x's dtype; (B, out_dim) when ``out_dim`` differs from ``dim``.
         """
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(
@@ -118,4 +123,5 @@ class MLP(nn.Module):
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(self.act(self.out_norm(h))).reshape(x.shape)
+        out = self.out(self.act(self.out_norm(h)))
+        return out.reshape(x.shape) if self.out_dim == self.dim else out
