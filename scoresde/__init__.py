@@ -55,6 +55,8 @@ from scoresde.losses import dsm_loss_at as dsm_loss_at
 from scoresde.losses import get_t_sampler as get_t_sampler
 from scoresde.losses import get_weighting as get_weighting
 from scoresde.losses import perturb as perturb
+from scoresde.metrics import mmd as mmd
+from scoresde.metrics import sliced_wasserstein as sliced_wasserstein
 from scoresde.models import MLP as MLP
 from scoresde.models import UNet as UNet
 from scoresde.oracle import GaussianMixture as GaussianMixture
@@ -116,6 +118,8 @@ __all__ = [
     "convert",
     "conversion_coefficients",
     "GaussianMixture",
+    "sliced_wasserstein",
+    "mmd",
     "GaussianMixtureOracle",
     "LabeledSample",
     "dsm_loss",
