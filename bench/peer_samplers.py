@@ -266,8 +266,8 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "diffusers:DPMSolverMultistep(2M)",
             "diffusers",
             "dpmpp_2m",
-            "dpmsolver++, midpoint (= DPM-Solver++(2M)); lower_order_final below 15 steps, "
-            "as ours.",
+            "dpmsolver++, midpoint (= DPM-Solver++(2M)); diffusers lowers the order of the "
+            "last step below 15 steps, ours always (lower_order_final=True by default).",
             _one_per_step,
             _run_diffusers_vp_space(
                 lambda: DPMSolverMultistepScheduler(
@@ -279,8 +279,9 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "diffusers:DPMSolverMultistep(3M)",
             "diffusers",
             "dpmpp_3m",
-            "NOT the same: diffusers weights the second difference by h phi_3 (second order "
-            "overall); ours by 2 h phi_3 (third order).",
+            "the update of our default dpmpp_3m (coefficient='lu': h phi_3 weight on the "
+            "second difference, second order); diffusers lowers the last two orders below 15 "
+            "steps, ours always.",
             _one_per_step,
             _run_diffusers_vp_space(
                 lambda: DPMSolverMultistepScheduler(
@@ -292,8 +293,8 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "diffusers:UniPCMultistep",
             "diffusers",
             "unipc",
-            "bh2, order 2 as ours; diffusers always lowers the order of the last steps, ours "
-            "only below 10 steps.",
+            "bh2, order 2 as ours; both lower the order of the last step always (ours: "
+            "lower_order_final=True by default).",
             _one_per_step,
             _run_diffusers_vp_space(
                 lambda: UniPCMultistepScheduler(
@@ -316,7 +317,7 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "euler",
             "Euler in (x / alpha, sigma / alpha), which is DDIM exactly; our `euler` is Euler "
             "in the VP time t (a different method). `euler[edm-vars]` is ours in the same "
-            "variables.",
+            "variables (solvers.EDMVariables).",
             _one_per_step,
             _run_diffusers_sigma_space(
                 lambda: EulerDiscreteScheduler(**c(), final_sigmas_type="sigma_min"),
@@ -328,7 +329,8 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "diffusers",
             "heun",
             "EDM Heun (Euler last step) in (x / alpha, sigma / alpha); our `heun` integrates in "
-            "the VP time t. `heun[edm-vars]` is ours in the same variables.",
+            "the VP time t. `heun[edm-vars]` is ours in the same variables "
+            "(solvers.EDMVariables).",
             _heun_like,
             _run_diffusers_sigma_space(
                 lambda: HeunDiscreteScheduler(**c()), final_sigma_patch=True
@@ -386,7 +388,8 @@ def diffusers_edm_peers(sigma_min: float, sigma_max: float) -> list[PeerSpec]:
             "diffusers:EDMDPMSolverMultistep(2M)",
             "diffusers",
             "dpmpp_2m",
-            "same algorithm on the Karras grid (ours: log-SNR-uniform grid by default).",
+            "same algorithm on the Karras grid (ours: log-SNR-uniform grid by default); "
+            "diffusers lowers the last order below 15 steps, ours always.",
             _one_per_step,
             _run_diffusers_edm(lambda: EDMDPMSolverMultistepScheduler(**kw, solver_order=2)),
         ),
@@ -394,7 +397,9 @@ def diffusers_edm_peers(sigma_min: float, sigma_max: float) -> list[PeerSpec]:
             "diffusers:EDMDPMSolverMultistep(3M)",
             "diffusers",
             "dpmpp_3m",
-            "NOT the same (second-order h phi_3 weight, see the VP note); Karras grid.",
+            "the update of our default dpmpp_3m (coefficient='lu', see the VP note) on the "
+            "Karras grid (ours: log-SNR-uniform); diffusers lowers the last two orders below 15 "
+            "steps, ours always.",
             _one_per_step,
             _run_diffusers_edm(lambda: EDMDPMSolverMultistepScheduler(**kw, solver_order=3)),
         ),
@@ -555,7 +560,7 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
             "k-diffusion:dpmpp_2m",
             "k-diffusion",
             "dpmpp_2m",
-            "DPM-Solver++(2M) without a lower-order last step (ours lowers it below 15 steps).",
+            "DPM-Solver++(2M) without a lower-order last step (ours lowers it by default).",
             _one_per_step,
             wrap("sample_dpmpp_2m"),
         ),
@@ -563,8 +568,9 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
             "k-diffusion:dpmpp_3m(eta=0)",
             "k-diffusion",
             "dpmpp_3m",
-            "sample_dpmpp_3m_sde with eta = 0: NOT the same (h phi_3 weight, second order; "
-            "its second step is the h phi_2 form), no lower-order last steps.",
+            "sample_dpmpp_3m_sde with eta = 0: the h phi_3 weight of our default "
+            "(coefficient='lu'), but its second step is the h phi_2 form (ours: the 2M step) and "
+            "it takes no lower-order last steps (ours: always).",
             _one_per_step,
             wrap("sample_dpmpp_3m_sde", eta=0.0),
         ),

@@ -29,8 +29,9 @@ Our methods run with ``sd.sample(oracle, method, nfe, x_init=x_T)`` on their def
 ``<method>@<peer>`` is our method on the grid the peer visited (the ``g`` ratios; its
 ``diff_peer`` is the largest difference to the peer's samples); ``<method>[edm-vars]`` (VP
 only) is our method on the same VP PF-ODE written in EDM variables (``x / alpha`` against
-``sigma / alpha``: ``sd.EDMSDE(sigma_min=s(t_min), sigma_max=s(T))`` with the same mixture),
-the variables diffusers' Euler/Heun and k-diffusion integrate in.
+``sigma / alpha``: ``solvers.EDMVariables(method)`` on the method's default grid), the
+variables diffusers' Euler/Heun and k-diffusion integrate in; on a peer's grid the same ODE is
+solved as ``sd.EDMSDE(sigma_min=s(t_min), sigma_max=s(T))`` with the same mixture.
 
 Outputs (``--out``, default ``bench/results``): ``sampler_accuracy.csv`` and ``.json`` (every
 number, the comparisons and the target evaluation), ``sampler_accuracy.md`` (tables) and one
@@ -291,11 +292,16 @@ def run_setting(
         return res.x, res.nfe
 
     def ours_edm_vars(method: str, nfe: int, grid: Tensor | None = None) -> tuple[Tensor, int]:
-        model = edm_oracle
-        if grid is not None:  # a peer's float32 grid may overshoot [s(t_min), s(T)] by ~1e-7
-            s_min, s_max = peers.edm_variables(setting.sde)
-            lo, hi = min(s_min, float(grid.min())), max(s_max, float(grid.max()))
-            model = setting.gmm.score_model(sd.EDMSDE(sigma_min=lo, sigma_max=hi))
+        if grid is None:  # the library option, on the method's default grid
+            solver = solvers.EDMVariables(solvers.get_solver(method))
+            res = sd.sample(oracle, solver, nfe, x_init=x_t)
+            return res.x, res.nfe
+        # on a peer's grid of sigma / alpha values: the same ODE as an EDM SDE in those
+        # variables (a peer's float32 grid may overshoot [s(t_min), s(T)] by ~1e-7, which an
+        # EDM SDE over the wider range accepts and the chain's t range would not)
+        s_min, s_max = peers.edm_variables(setting.sde)
+        lo, hi = min(s_min, float(grid.min())), max(s_max, float(grid.max()))
+        model = setting.gmm.score_model(sd.EDMSDE(sigma_min=lo, sigma_max=hi))
         res = sd.sample(model, method, nfe, x_init=x_t / setting.alpha_t, grid=grid)
         return res.x * setting.alpha_min, res.nfe
 
@@ -416,45 +422,66 @@ def _ratio(a: float, b: float) -> float:
 
 def shared_comparisons(rows: list[Row]) -> list[dict[str, Any]]:
     """Ours (default grid) vs each peer with the same (nominal) algorithm at equal budget,
-    plus our method on the peer's own grid."""
+    plus our method on the peer's own grid.
+
+    ``pairing``: ``"name"`` pairs the peer with our method of the same registry name in its
+    default configuration; ``"variables"`` (VP only) pairs a peer that integrates in EDM
+    variables (diffusers' Euler/Heun, k-diffusion's euler/heun/lms) with our method in the same
+    variables (``solvers.EDMVariables``, the ``[edm-vars]`` rows): the same algorithm."""
     idx = {(r.setting, r.method, r.budget): r for r in rows}
     out = []
     for r in rows:
         if r.family not in ("diffusers", "k-diffusion") or not r.shared:
             continue
-        o = idx.get((r.setting, r.shared, r.budget))
-        if o is None:
-            continue
-        same = [
-            x
-            for x in rows
-            if x.setting == r.setting
-            and x.budget == r.budget
-            and x.family == "ours@grid"
-            and x.method.startswith(f"{r.shared}@{r.method}")
-        ]
-        g = same[0] if same else None
-        out.append(
-            {
-                "setting": r.setting,
-                "peer": r.method,
-                "ours": r.shared,
-                "budget": r.budget,
-                "peer_nfe": r.nfe,
-                "ours_nfe": o.nfe,
-                "peer_rmse": r.rmse,
-                "ours_rmse": o.rmse,
-                "peer_median": r.median_err,
-                "ours_median": o.median_err,
-                "rmse_ratio": _ratio(o.rmse, r.rmse),
-                "median_ratio": _ratio(o.median_err, r.median_err),
-                "same_grid_rmse_ratio": _ratio(g.rmse, r.rmse) if g else math.nan,
-                "same_grid_median_ratio": _ratio(g.median_err, r.median_err) if g else math.nan,
-                "same_grid_max_diff": g.diff_peer if g else math.nan,
-                "time_ratio": _ratio(o.seconds, r.seconds),
-            }
-        )
+        candidates = [("name", idx.get((r.setting, r.shared, r.budget)))]
+        variant = idx.get((r.setting, f"{r.shared}[edm-vars]", r.budget))
+        if variant is not None and _peer_row_in_edm_vars(r):
+            candidates.append(("variables", variant))
+        for pairing, o in candidates:
+            if o is not None:
+                out.append(_comparison(rows, r, o, pairing))
     return out
+
+
+def _peer_row_in_edm_vars(r: Row) -> bool:
+    """A VP peer row whose sampler integrates in EDM variables (see :func:`_peer_in_edm_vars`)."""
+    return r.setting.startswith("vp") and (
+        r.family == "k-diffusion"
+        or r.method.startswith(("diffusers:EulerDiscrete", "diffusers:HeunDiscrete"))
+    )
+
+
+def _comparison(rows: list[Row], r: Row, o: Row, pairing: str) -> dict[str, Any]:
+    """One comparison record: peer row ``r`` against our row ``o``; ``g``: our method on the
+    peer's own grid (``ours@grid`` row), where it exists."""
+    same = [
+        x
+        for x in rows
+        if x.setting == r.setting
+        and x.budget == r.budget
+        and x.family == "ours@grid"
+        and x.method.startswith(f"{r.shared}@{r.method}")
+    ]
+    g = same[0] if same else None
+    return {
+        "setting": r.setting,
+        "peer": r.method,
+        "ours": o.method,
+        "pairing": pairing,
+        "budget": r.budget,
+        "peer_nfe": r.nfe,
+        "ours_nfe": o.nfe,
+        "peer_rmse": r.rmse,
+        "ours_rmse": o.rmse,
+        "peer_median": r.median_err,
+        "ours_median": o.median_err,
+        "rmse_ratio": _ratio(o.rmse, r.rmse),
+        "median_ratio": _ratio(o.median_err, r.median_err),
+        "same_grid_rmse_ratio": _ratio(g.rmse, r.rmse) if g else math.nan,
+        "same_grid_median_ratio": _ratio(g.median_err, r.median_err) if g else math.nan,
+        "same_grid_max_diff": g.diff_peer if g else math.nan,
+        "time_ratio": _ratio(o.seconds, r.seconds),
+    }
 
 
 def comparison_table(comps: list[dict[str, Any]], setting: str, nfes: tuple[int, ...]) -> str:
@@ -512,29 +539,40 @@ def targets(rows: list[Row], comps: list[dict[str, Any]], settings: list[str]) -
 
     1. Every algorithm shared with a peer is within 5% of the peer's error at equal NFE, or
        better: the (setting, ours, peer, NFE) cells with a ratio above 1.05, for our method on
-       its default grid and on the peer's grid.
+       its default grid and on the peer's grid. ``shared``: each peer against our method of
+       the same name (default configuration); ``shared_matched``: the VP peers that integrate
+       in EDM variables against our method in those variables instead (``pairing``
+       ``"variables"``, see :func:`shared_comparisons`), the others as in ``shared``.
     2. Our best method at NFE 10 (default grids) beats the best peer at NFE 10.
     """
-    out: dict[str, Any] = {"shared": {}, "best_at_10": {}}
+    out: dict[str, Any] = {"shared": {}, "shared_matched": {}, "best_at_10": {}}
+    by_name = [c for c in comps if c["pairing"] == "name"]
+    swapped = {(c["setting"], c["peer"], c["budget"]) for c in comps if c["pairing"] != "name"}
+    matched = [
+        c
+        for c in comps
+        if c["pairing"] != "name" or (c["setting"], c["peer"], c["budget"]) not in swapped
+    ]
     for metric, key, gkey in (
         ("rmse", "rmse_ratio", "same_grid_rmse_ratio"),
         ("median_err", "median_ratio", "same_grid_median_ratio"),
     ):
-        misses = [
-            [c["setting"], c["ours"], c["peer"], c["budget"], round(c[key], 3)]
-            for c in comps
-            if math.isfinite(c[key]) and c[key] > 1.05
-        ]
-        grid_misses = [
-            [c["setting"], c["ours"], c["peer"], c["budget"], round(c[gkey], 3)]
-            for c in comps
-            if math.isfinite(c[gkey]) and c[gkey] > 1.05
-        ]
-        out["shared"][metric] = {
-            "cells": len(comps),
-            "misses_default_grid": misses,
-            "misses_same_grid": grid_misses,
-        }
+        for label, sel in (("shared", by_name), ("shared_matched", matched)):
+            misses = [
+                [c["setting"], c["ours"], c["peer"], c["budget"], round(c[key], 3)]
+                for c in sel
+                if math.isfinite(c[key]) and c[key] > 1.05
+            ]
+            grid_misses = [
+                [c["setting"], c["ours"], c["peer"], c["budget"], round(c[gkey], 3)]
+                for c in sel
+                if math.isfinite(c[gkey]) and c[gkey] > 1.05
+            ]
+            out[label][metric] = {
+                "cells": len(sel),
+                "misses_default_grid": misses,
+                "misses_same_grid": grid_misses,
+            }
         for s in settings:
             ours = best_at(rows, s, 10, ("ours",), metric)
             peer = best_at(rows, s, 10, ("diffusers", "k-diffusion"), metric)
@@ -724,11 +762,12 @@ def main(argv: list[str] | None = None) -> int:
     stem = "sampler_accuracy" + ("_quick" if quick else "")
     tgt = write_outputs(rows, infos, nfes, meta, args.out, stem, img)
     log(f"targets: {json.dumps(tgt.get('best_at_10'))}")
-    for metric, v in tgt.get("shared", {}).items():
-        log(
-            f"shared, {metric}: {len(v['misses_default_grid'])} of {v['cells']} cells above "
-            f"1.05 (default grids), {len(v['misses_same_grid'])} on the peer's grid"
-        )
+    for label in ("shared", "shared_matched"):
+        for metric, v in tgt.get(label, {}).items():
+            log(
+                f"{label}, {metric}: {len(v['misses_default_grid'])} of {v['cells']} cells "
+                f"above 1.05 (default grids), {len(v['misses_same_grid'])} on the peer's grid"
+            )
     log(f"wrote {args.out / stem}.{{csv,json,md}} and plots in {img}")
     return 0
 

@@ -84,6 +84,17 @@ from scoresde.schedules import VPFamily as VPFamily
 from scoresde.sde import SDE as SDE
 from scoresde.sde import DiscreteChain as DiscreteChain
 from scoresde.sde import Marginal as Marginal
+from scoresde.selection import GridScore as GridScore
+from scoresde.selection import OracleProblem as OracleProblem
+from scoresde.selection import Recommendation as Recommendation
+from scoresde.selection import ReferenceInfo as ReferenceInfo
+from scoresde.selection import SolverReport as SolverReport
+from scoresde.selection import SolverRun as SolverRun
+from scoresde.selection import TunedGrid as TunedGrid
+from scoresde.selection import builtin_oracle as builtin_oracle
+from scoresde.selection import compare_solvers as compare_solvers
+from scoresde.selection import load_grid as load_grid
+from scoresde.selection import tune_grid as tune_grid
 from scoresde.training import BitsPerDim as BitsPerDim
 from scoresde.training import EvalResult as EvalResult
 from scoresde.training import LoadedModel as LoadedModel
@@ -98,6 +109,17 @@ __all__ = [
     "sample",
     "SampleResult",
     "solvers_available",
+    "compare_solvers",
+    "SolverReport",
+    "SolverRun",
+    "Recommendation",
+    "ReferenceInfo",
+    "tune_grid",
+    "TunedGrid",
+    "GridScore",
+    "load_grid",
+    "builtin_oracle",
+    "OracleProblem",
     "SDE",
     "VPFamily",
     "VPSDE",

@@ -1,10 +1,13 @@
-"""The ``scoresde`` command line: ``train``, ``sample``, ``likelihood``.
+"""The ``scoresde`` command line: ``train``, ``sample``, ``likelihood``, ``demo``.
 
 ::
 
     scoresde train CONFIG [section.key=value ...]
     scoresde sample CKPT [--method M] [--nfe N] [--n N] [--seed S] [--out FILE.npz]
+                         [--class Y [--guidance W]]
     scoresde likelihood CKPT [--split test|train] [--n N] [--elbo]
+    scoresde demo [--moons] [--minutes M] [--steps N] [--out DIR] [--smoke]
+    scoresde bench CKPT | oracle:NAME [--nfe 5,10,20] [--methods ...] [--tune]  (bench_cli.py)
 
 ``CKPT`` is a run folder (its newest valid checkpoint), a checkpoint folder
 (``<run>/checkpoints/step_*``) or its ``weights.safetensors``. Every command also runs under
@@ -80,6 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the initial noise")
     p.add_argument("--out", help="output .npz file (default: ./samples_step<S>_<method>_...npz)")
     p.add_argument("--denoise-final", action="store_true", default=None, help="Tweedie last step")
+    p.add_argument(
+        "--grid",
+        help="time grid: a name (uniform, logsnr, karras, quadratic) or a grid file saved by "
+        "`scoresde bench --tune` / sd.tune_grid (default: the config's sample.grid, else the "
+        "method's default)",
+    )
+    p.add_argument(
+        "--class",
+        type=int,
+        dest="class_label",
+        metavar="Y",
+        help="class to generate (a class-conditional checkpoint; default: unconditional)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="classifier-free guidance scale with --class (0: conditional; default: the "
+        "checkpoint's sample.guidance)",
+    )
     _common_model_args(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -113,6 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of dequantization and probes")
     _common_model_args(p)
     p.set_defaults(func=_cmd_likelihood)
+
+    p = sub.add_parser(
+        "demo",
+        help="the end-to-end demo: train, sample, bits/dim, rate-distortion, report",
+        description=(
+            "Train a small model on scikit-learn's digits (--moons: two moons), sample it with "
+            "several solvers at several budgets, compute test bits/dim (PF-ODE and ELBO) and the "
+            "rate-distortion curve; writes runs/demo-<timestamp>/report.md, figures and a "
+            "checkpoint. Ctrl-C leaves a usable checkpoint and a partial report."
+        ),
+    )
+    p.add_argument("--moons", action="store_true", help="two moons (2-D) instead of digits")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget (default: 3)")
+    p.add_argument("--steps", type=int, help="training steps at most (default: as time allows)")
+    p.add_argument("--out", help="run folder (default: runs/demo-<timestamp>; resumes one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and evaluation")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where")
+    p.add_argument(
+        "--smoke", "--quick", action="store_true", help="a tiny run of seconds (tests, CI)"
+    )
+    p.set_defaults(func=_cmd_demo)
+    from scoresde.bench_cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -242,13 +292,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         n = args.n or sc.n
         seed = sc.seed if args.seed is None else args.seed
         denoise = sc.denoise_final if args.denoise_final is None else args.denoise_final
+        grid = args.grid if args.grid is not None else (sc.grid or None)
+        from solvers import GRIDS
+
+        if grid is not None and grid not in GRIDS and not Path(grid).is_file():
+            raise ValueError(
+                f"--grid / sample.grid must be one of {sorted(GRIDS)} or an existing grid "
+                f"file (.json or .safetensors), got {grid!r}"
+            )
         from scoresde.sampling import resolve_solver
 
         resolve_solver(method)  # an unknown name fails here, with the list of names
+        model, cond = _class_model(args, loaded)
         ds = loaded.dataset()
         t0 = time.perf_counter()
         x = sample_sharded(
-            loaded.model,
+            model,
             ds.shape,
             n,
             method=method,
@@ -257,11 +316,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             info=info,
             device=dev,
             denoise_final=denoise,
+            grid=grid,
         )
         seconds = time.perf_counter() - t0
         if info.is_main:
             assert x is not None
-            out = Path(args.out or f"samples_step{loaded.step}_{method}_nfe{nfe}_seed{seed}.npz")
+            tag = "" if cond is None else f"_class{cond[0]}_w{cond[1]:g}"
+            out = Path(
+                args.out or f"samples_step{loaded.step}_{method}_nfe{nfe}_seed{seed}{tag}.npz"
+            )
             if out.suffix != ".npz":
                 out = out.with_suffix(".npz")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +335,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 "seed": np.array(seed),
                 "step": np.array(loaded.step),
             }
+            if cond is not None:
+                arrays["class"], arrays["guidance"] = np.array(cond[0]), np.array(cond[1])
             if ds.levels is not None:
                 arrays["levels"] = ds.to_levels(x).numpy().astype(np.int64)
             np.savez(out, **arrays)
@@ -280,18 +345,48 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 out.with_suffix(".png"),
                 data_range=ds.data_range,
                 reference=ds.test[:2000] if len(ds.shape) == 1 else None,
-                title=f"{ds.name}, step {loaded.step}, {method} NFE={nfe}",
+                title=f"{ds.name}, step {loaded.step}, {method} NFE={nfe}"
+                + ("" if cond is None else f", class {cond[0]}, w = {cond[1]:g}"),
             )
             finite = bool(torch.isfinite(x).all())
             _say(
                 info,
                 f"{n} samples ({method}, NFE budget {nfe}, seed {seed}, "
-                f"{'EMA' if loaded.ema else 'raw'} weights of step {loaded.step}) in "
+                + ("" if cond is None else f"class {cond[0]}, guidance w = {cond[1]:g}, ")
+                + f"{'EMA' if loaded.ema else 'raw'} weights of step {loaded.step}) in "
                 f"{seconds:.1f} s -> {out}, {png}" + ("" if finite else "  WARNING: non-finite"),
             )
     finally:
         du.shutdown(info)
     return 0
+
+
+def _class_model(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> tuple[Any, tuple[int, float] | None]:
+    """The model ``sample`` draws from: the checkpoint's unconditional one, or with ``--class Y``
+    the classifier-free guided :class:`~scoresde.CFGModel` bound to class Y and scale W (Ho &
+    Salimans 2022). Returns it and (Y, W), or None without ``--class``."""
+    import scoresde as sd
+
+    y, w = args.class_label, args.guidance
+    if y is None:
+        if w is not None:
+            raise UsageError("--guidance needs --class Y (the class to guide towards)")
+        return loaded.model, None
+    c = loaded.num_classes
+    if c is None:
+        raise UsageError(
+            f"--class {y}: {loaded.path} is an unconditional model (its model.num_classes is not "
+            "set); train with model.num_classes=N to sample by class"
+        )
+    if not 0 <= y < c:
+        raise UsageError(f"--class must lie in [0, {c}) for this checkpoint, got {y}")
+    w = loaded.config.sample.guidance if w is None else w
+    if not math.isfinite(w):
+        raise UsageError(f"--guidance must be a finite number, got {w}")
+    model = sd.CFGModel(loaded.net, loaded.model.sde, y=y, w=w, prediction=loaded.model.prediction)
+    return model, (y, float(w))
 
 
 def _cmd_likelihood(args: argparse.Namespace) -> int:
@@ -367,6 +462,41 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     finally:
         du.shutdown(info)
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from scoresde.demo import DemoOptions, run_demo
+
+    _positive("--minutes", args.minutes)
+    _positive("--steps", args.steps)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    options = DemoOptions(
+        dataset="two_moons" if args.moons else "digits",
+        minutes=args.minutes,
+        steps=args.steps,
+        out=Path(args.out) if args.out else None,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        smoke=args.smoke,
+    )
+    _configure_logging(True)
+    res = run_demo(options)
+    figures = ", ".join(str(p) for p in res.figures if p.parent == res.run_dir)
+    lines = [
+        ("demo interrupted during " + str(res.interrupted_stage) + ": partial report")
+        if res.interrupted_stage
+        else f"demo done in {res.seconds:.0f} s",
+        f"report:     {res.report}",
+        f"figures:    {figures or '-'}"
+        + (f" (and {res.run_dir / 'samples'}/)" if (res.run_dir / "samples").is_dir() else ""),
+        f"checkpoint: {res.checkpoint or '-'}",
+    ]
+    if res.bpd_ode is not None:
+        lines.append(f"test bits/dim: PF-ODE {res.bpd_ode:.4f}, ELBO {res.bpd_elbo:.4f}")
+    print("\n".join(lines), flush=True)
+    return 130 if res.interrupted_stage else 0
 
 
 def _ci(v: float) -> str:

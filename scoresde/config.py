@@ -93,6 +93,10 @@ class DataConfig:
         key: the array's name in the ``.npz`` file ("" : its only array).
         n_train, n_test: sizes of the toy sets (toy sets only).
         test_fraction: fraction of a non-toy dataset held out as the test split.
+        labels_key: the class labels' array in the ``.npz`` file ("" : no labels; ``npz``
+            only). The other labelled sets carry their labels: ``digits`` and
+            ``mnist_subset`` (10 classes), ``two_moons`` (2), ``eight_gaussians`` (8),
+            ``pinwheel`` (5), an ``image_folder`` with one sub-folder per class.
         seed: seed of the toy draws / the train-test split.
         image_size: resize the images of a folder to this side (None: keep their size).
         mode: ``"L"`` (grey) or ``"RGB"`` for an image folder.
@@ -104,6 +108,7 @@ class DataConfig:
     name: DataName = "two_moons"
     path: str = ""
     key: str = ""
+    labels_key: str = ""
     n_train: int = 10_000
     n_test: int = 2_000
     test_fraction: float = 0.2
@@ -118,6 +123,11 @@ class DataConfig:
             raise ConfigError(
                 f"data.path is required for data.name={self.name!r} (the "
                 f"{'.npz file' if self.name == 'npz' else 'image folder'})"
+            )
+        if self.labels_key and self.name != "npz":
+            raise ConfigError(
+                f"data.labels_key applies to data.name='npz' only, got data.name={self.name!r} "
+                "(the other datasets carry their labels)"
             )
         _positive_int(self.n_train, "data.n_train")
         _positive_int(self.n_test, "data.n_test")
@@ -189,6 +199,10 @@ class ModelConfig:
             the U-Net (:class:`~scoresde.UNet`).
         time_embedding: ``sinusoidal`` or ``fourier``.
         dropout: dropout rate (both networks).
+        num_classes: train a class-conditional network on the dataset's labels ``0 ..
+            num_classes - 1``, with the extra null label ``num_classes`` for classifier-free
+            guidance (Ho & Salimans 2022; see ``loss.label_dropout``). None or 0:
+            unconditional (0 is stored as None).
     """
 
     arch: Literal["auto", "mlp", "unet"] = "auto"
@@ -206,8 +220,22 @@ class ModelConfig:
     groups: int = 8
     time_embedding: Literal["sinusoidal", "fourier"] = "sinusoidal"
     dropout: float = 0.0
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_classes is not None:
+            if self.num_classes < 0:
+                raise ConfigError(
+                    f"model.num_classes must be an int >= 1 (a class-conditional network) or "
+                    f"0 / none (unconditional), got {self.num_classes}"
+                )
+            if self.num_classes == 0:
+                object.__setattr__(self, "num_classes", None)  # one spelling of unconditional
+        if self.num_classes is not None and self.precond == "edm":
+            raise ConfigError(
+                "model.precond='edm' does not pass class labels to the network: a "
+                "class-conditional model (model.num_classes) needs model.precond='none'"
+            )
         if self.precond == "edm" and self.prediction != "x0":
             raise ConfigError(
                 "model.precond='edm' makes the network a denoiser: set model.prediction='x0', "
@@ -230,6 +258,11 @@ class LossConfig:
         reduce: ``mean`` or ``sum`` of the squared error over a sample's dimensions.
         gamma: the ``min_snr`` weighting's clip.
         sigma_data: the ``edm`` weighting's data standard deviation.
+        label_dropout: probability that a training label is replaced by the null label, so
+            that the one network also learns the unconditional model that classifier-free
+            guidance needs (Ho & Salimans 2022, Algorithm 1; they use 0.1 or 0.2). Only for a
+            class-conditional model (``model.num_classes``); None: 0.1 there. 0 trains the
+            conditional model alone (guidance scale 0 only: the null label stays untrained).
     """
 
     weighting: Literal["eps", "score", "likelihood", "x0", "v", "edm", "min_snr"] = "eps"
@@ -239,6 +272,14 @@ class LossConfig:
     reduce: Literal["mean", "sum"] = "mean"
     gamma: float = 5.0
     sigma_data: float = 0.5
+    label_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_dropout is not None and not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(
+                f"loss.label_dropout must lie in [0, 1) (1 would never show the network a "
+                f"label), got {self.label_dropout}"
+            )
 
 
 @dataclass(frozen=True)
@@ -384,6 +425,13 @@ class SampleConfig:
         n: number of samples.
         seed: seed of the initial noise.
         denoise_final: finish with the Tweedie denoising step ``x0(x, t_min)``.
+        guidance: classifier-free guidance scale w of ``scoresde sample --class Y`` (a
+            class-conditional model only; Ho & Salimans 2022): 0 is the conditional model,
+            larger values trade diversity for class fidelity.
+        grid: the time grid: empty for the method's default (``Solver.grid_for``), a grid
+            name (``uniform``, ``logsnr``, ``karras``, ``quadratic``) or the path of a grid
+            saved by :func:`scoresde.tune_grid` / ``scoresde bench --tune`` (``.json`` or
+            ``.safetensors``; its step count then fixes the steps within ``nfe``).
     """
 
     method: str = "dpmpp_2m"
@@ -391,6 +439,8 @@ class SampleConfig:
     n: int = 64
     seed: int = 0
     denoise_final: bool = False
+    guidance: float = 0.0
+    grid: str = ""
 
 
 @dataclass(frozen=True)
@@ -405,6 +455,21 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.label_dropout is not None and self.model.num_classes is None:
+            raise ConfigError(
+                f"loss.label_dropout={self.loss.label_dropout} applies to a class-conditional "
+                "model only: set model.num_classes, or leave loss.label_dropout unset"
+            )
+
+    @property
+    def label_dropout(self) -> float:
+        """The label-dropout probability in effect: ``loss.label_dropout``, 0.1 for a
+        class-conditional model when unset, 0 for an unconditional one."""
+        if self.model.num_classes is None:
+            return 0.0
+        return 0.1 if self.loss.label_dropout is None else self.loss.label_dropout
 
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections replaced, e.g. ``cfg.replace(train=...)``."""
@@ -550,7 +615,10 @@ def from_dict(mapping: Mapping[str, Any], *, source: str = "") -> Config:
                 f"{source}unknown section [{name}]; valid sections: {', '.join(SECTIONS)}"
             )
         sections[name] = _section(SECTIONS[name], name, table, source)
-    return Config(**sections)
+    try:
+        return Config(**sections)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}{exc}") from None
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:

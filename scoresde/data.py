@@ -132,13 +132,14 @@ class Dataset:
         return self.levels, self.data_range
 
     def to_levels(self, x: Tensor) -> Tensor:
-        """Data values -> integer levels 0 .. levels - 1 (rounded, clamped), int64."""
+        """Data values -> integer levels 0 .. levels - 1 (rounded, clamped), int64, x's shape
+        (any shape, e.g. (N, *shape))."""
         levels, (lo, hi) = self._discrete()
         k = torch.round((x.double() - lo) / (hi - lo) * (levels - 1))
         return k.clamp(0, levels - 1).long()
 
     def from_levels(self, k: Tensor) -> Tensor:
-        """Integer levels -> data values, float32."""
+        """Integer levels -> data values, float32, k's shape (any shape, e.g. (N, *shape))."""
         levels, (lo, hi) = self._discrete()
         return (lo + (hi - lo) * k.double() / (levels - 1)).float()
 

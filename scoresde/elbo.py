@@ -202,8 +202,10 @@ def elbo(
         t_sampling: ``"importance"``, ``"uniform"`` or ``"quadrature"``.
         generator: randomness (noise, then times). The noise is drawn first, so the same seed
             gives the same eps for every ``steps``.
-        levels, data_range: discrete data (see :func:`scoresde.log_likelihood`): the
-            reconstruction is then a bin probability and the bound one on log P(x).
+        levels: number of levels per dimension of discrete data, or None (continuous; see
+            :func:`scoresde.log_likelihood`): the reconstruction is then a bin probability and
+            the bound one on log P(x).
+        data_range: ``(lo, hi)``, the values of the first and last level (with ``levels``).
         batch_rows: rows per network call (default: about ``2^20 / D``, at least B).
         model_dtype: dtype the network is evaluated in (default: its parameters').
 

@@ -671,6 +671,10 @@ class InpaintSolver(solvers.Solver[Any, Any]):
     def nfe_for_steps(self, n_steps: int) -> int:
         return self.resample * self.base.nfe_for_steps(n_steps)
 
+    def grid_for(self, schedule: Any, t_start: float, t_end: float) -> str:
+        """The base method's default time grid (see :meth:`solvers.Solver.grid_for`)."""
+        return self.base.grid_for(schedule, t_start, t_end)
+
     def for_budget(self, nfe: int) -> tuple[solvers.Solver[Any, Any], int]:
         solvers.base.check_nfe(nfe)
         if nfe < self.resample:
@@ -682,7 +686,8 @@ class InpaintSolver(solvers.Solver[Any, Any]):
         return self._with_base(base), n_steps
 
     def replace(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` with its known entries replaced by ``alpha(t) x_known + sigma(t) z``."""
+        """``x`` with its known entries replaced by ``alpha(t) x_known + sigma(t) z``; ``x`` of
+        shape (B, ...), ``t`` a 0-d time; the result has x's shape."""
         t64 = t.to(device=x.device, dtype=torch.float64)
         alpha = torch.exp(self.sde._log_alpha(t64)).to(x.dtype)
         sigma = torch.exp(self.sde._log_sigma(t64)).to(x.dtype)
@@ -844,7 +849,8 @@ def inpaint(
         method: a fixed-grid registry name or solver instance (not adaptive).
         nfe: the budget; with ``resample = r`` each step costs r times the method's, so the
             steps are those the method takes for ``nfe // r`` (see :func:`scoresde.sample`).
-        grid: a grid name, a decreasing tensor, or None for the method's default grid.
+        grid: a grid name, a decreasing tensor, or None for the method's default grid for
+            this SDE (``base.grid_for(sde, T, t_min)``, as :func:`scoresde.sample` picks it).
         generator: the only source of randomness (initial noise, replacement, jumps, steps).
         resample: RePaint repetitions of every step (1: plain replacement).
         denoise_final: Tweedie-denoise the final state (one evaluation; known entries kept).
@@ -874,7 +880,7 @@ def inpaint(
         solver,
         nfe,
         x_init=x_init,
-        grid=base.default_grid if grid is None else grid,
+        grid=base.grid_for(sde, sde.T, sde.t_min) if grid is None else grid,
         generator=generator,
         denoise_final=denoise_final,
         progress=progress,

@@ -771,7 +771,8 @@ def log_likelihood(
         x: data, ``(B, *dims)``; any floating dtype (upcast to float64).
         method: ``"dopri5"`` or ``"bosh3"`` (this module's batched loop, shared or per-sample
             steps), or another adaptive method of :mod:`solvers` (shared steps).
-        rtol, atol: local error tolerances (``docs/likelihood.md`` measures what they buy).
+        rtol: relative local error tolerance (``docs/likelihood.md`` measures what it buys).
+        atol: absolute local error tolerance.
         divergence: ``"exact"`` (D VJPs per evaluation) or ``"hutchinson"`` (K probes).
         n_probes: K, Hutchinson probes per sample, drawn once per solve.
         probe: ``"rademacher"`` or ``"gaussian"``.
@@ -954,7 +955,12 @@ def encode(
     Args:
         model: a score model (``sde``, ``score``).
         x: data ``(B, *dims)``.
-        method, rtol, atol, per_sample, max_steps, model_dtype: as :func:`log_likelihood`.
+        method: adaptive solver, as :func:`log_likelihood`.
+        rtol: relative tolerance, as :func:`log_likelihood`.
+        atol: absolute tolerance, as :func:`log_likelihood`.
+        per_sample: per-sample step control, as :func:`log_likelihood`.
+        max_steps: bound on the step attempts, as :func:`log_likelihood`.
+        model_dtype: dtype of the network, as :func:`log_likelihood`.
 
     Returns:
         ``z``, x's shape, float64 (float32 on MPS), on x's device.

@@ -439,7 +439,7 @@ class GaussianMixture:
         """The class-conditional mixture p(x | y): class y's components, weights renormalised.
 
         Args:
-            y: a class in [0, n_classes) with positive total weight.
+            y: a class in [0, n_classes) with positive total weight (an int or a 0-d tensor).
         """
         labels = self._require_labels()
         if isinstance(y, Tensor) and y.numel() == 1 and not y.is_floating_point():
@@ -633,7 +633,8 @@ class GaussianMixtureOracle(ScoreModel):
         return grad.reshape(x.shape).to(x.dtype)
 
     def condition(self, y: int | Tensor) -> GaussianMixtureOracle:
-        """The exact score model of p(x | y) under the same SDE."""
+        """The exact score model of p(x | y) under the same SDE (``y``: an int or a 0-d
+        tensor, as :meth:`GaussianMixture.condition`)."""
         return GaussianMixtureOracle(self.gmm.condition(y), self.sde)
 
     def flow_map(self, x_s: Tensor, s: TimeLike, t: TimeLike) -> Tensor:

@@ -70,9 +70,12 @@ class ReverseSDE:
     score: ScoreFn
 
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
+        """Reverse-time drift ``f(t) x - g(t)^2 score(x, t)``, x's shape (B, ...); ``t`` of
+        shape () or (B,)."""
         return reverse_drift(self.sde, self.score, x, t, probability_flow=False)
 
     def diffusion(self, x: Tensor, t: TimeLike) -> Tensor:
+        """Diffusion ``g(t)``, shaped () or (B, 1, ..., 1) to broadcast against x (B, ...)."""
         t64, _ = self.sde._time(t)
         return self.sde._batch_coef(self.sde._g2(t64).sqrt(), x)
 
@@ -89,6 +92,8 @@ class ProbabilityFlowODE:
     score: ScoreFn
 
     def velocity(self, x: Tensor, t: TimeLike) -> Tensor:
+        """Probability-flow velocity ``f(t) x - g(t)^2 score(x, t) / 2``, x's shape (B, ...);
+        ``t`` of shape () or (B,)."""
         return reverse_drift(self.sde, self.score, x, t, probability_flow=True)
 
 

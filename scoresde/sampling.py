@@ -21,6 +21,7 @@ step count is the largest one whose cost fits (``solver.for_budget(nfe)``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -130,7 +131,7 @@ def _grid(
             raise ValueError("grid must decrease: sampling integrates from T down to t_min")
         sde._time(torch.tensor([lo, hi], dtype=torch.float64), "grid")
         return ts
-    name = solver.default_grid if grid is None else grid
+    name = solver.grid_for(sde, sde.T, sde.t_min) if grid is None else grid
     if not isinstance(name, str):
         raise TypeError(f"grid must be a name, a tensor or None, got {type(grid).__name__}")
     return solvers.make_grid(name, sde, sde.T, sde.t_min, n_steps)
@@ -143,7 +144,7 @@ def sample(
     *,
     shape: Sequence[int] | None = None,
     x_init: Tensor | None = None,
-    grid: str | Tensor | None = None,
+    grid: str | os.PathLike[str] | Tensor | None = None,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
     denoise_final: bool = False,
@@ -164,7 +165,12 @@ def sample(
         shape: shape (B, ...) of the samples, drawn from the prior at T; or
         x_init: the initial state at T (its device and dtype are kept).
         grid: a grid name (``"uniform"``, ``"logsnr"``, ``"karras"``, ``"quadratic"``), a
-            decreasing float64 tensor from T to t_min, or None for the method's default grid.
+            decreasing float64 tensor from T to t_min, the path of a grid file saved by
+            ``sd.TunedGrid.save`` (``.json`` / ``.safetensors``, see ``sd.tune_grid``), or
+            None for the method's default grid (``solver.grid_for(sde, T, t_min)``: one grid
+            for VP-type SDEs, one for VE/EDM; docs/solvers.md). With a tensor and ``nfe``, a
+            method whose budget configuration takes exactly the grid's steps (DPM-Solver-2/3
+            lower their last orders to fit) runs in that configuration.
         generator: randomness for the initial noise (and the solver's noise, if stochastic).
         seeds: one seed per sample instead of ``generator``: sample i is then the same
             whatever the batch it is drawn in. For stochastic methods the solver's noise of
@@ -178,14 +184,22 @@ def sample(
         progress: show a progress bar.
         callback: ``callback(i, t, x)`` after every step.
         return_trajectory: keep the state at every grid point.
-        device, dtype: of the initial noise when drawn from ``shape`` (default: the
-            generator's device and torch's default dtype).
+        device: device of the initial noise when drawn from ``shape`` (default: the
+            generator's device).
+        dtype: dtype of the initial noise when drawn from ``shape`` (default: torch's default
+            dtype).
 
     Returns:
         :class:`SampleResult` with ``x``, ``nfe``, ``ts``, ``method`` and ``trajectory``.
     """
     sde = model.sde
     solver, name = resolve_solver(method)
+    if isinstance(grid, os.PathLike) or (
+        isinstance(grid, str) and grid.endswith((".json", ".safetensors"))
+    ):
+        from scoresde.selection import load_grid
+
+        grid = load_grid(os.fspath(grid))
     x, gens = _initial_noise(sde, shape, x_init, generator, seeds, device, dtype)
     # seeds: each sample's solver noise continues its own stream (stochastic methods)
     noise = PerSampleNoise(gens) if gens is not None and type(solver).stochastic else None
@@ -203,6 +217,13 @@ def sample(
     elif isinstance(grid, Tensor):
         ts = _grid(solver, sde, grid, 0)
         n_steps = ts.numel() - 1
+        if isinstance(method, str) and nfe is not None and nfe - final_cost >= n_steps:
+            try:
+                fitted, fitted_steps = solver.for_budget(nfe - final_cost)
+            except ValueError:  # the budget is too small; the cost check below says so
+                fitted_steps = -1
+            if fitted_steps == n_steps:  # e.g. a grid tuned for this method and budget
+                solver = fitted
         cost = solver.nfe_for_steps(n_steps) + final_cost
         if nfe is not None and cost > nfe:
             raise ValueError(

@@ -303,7 +303,8 @@ class SDE(abc.ABC):
         return self._batch_coef(self._f(t64), x) * x
 
     def marginal(self, x0: Tensor, t: TimeLike) -> Marginal:
-        """Perturbation kernel p(x_t | x_0) = N(alpha(t) x0, sigma(t)^2 I)."""
+        """Perturbation kernel p(x_t | x_0) = N(alpha(t) x0, sigma(t)^2 I); ``x0`` of shape
+        (B, ...), ``t`` of shape () or (B,). See :class:`Marginal` for the result's shapes."""
         _check_state(x0, "x0")
         t64, _ = self._time(t)
         mean = self._batch_coef(torch.exp(self._log_alpha(t64)), x0) * x0

@@ -9,7 +9,11 @@ One step (:meth:`Trainer.train_step`):
    the evaluation measures);
 2. the loss :func:`scoresde.dsm_loss` with the configured weighting and time sampler; its times
    and noise come from a generator seeded by ``(seed, rank, step)``, so no generator state has
-   to survive a restart and the processes draw different noise; bfloat16 autocast on CUDA;
+   to survive a restart and the processes draw different noise; bfloat16 autocast on CUDA. A
+   class-conditional network (``model.num_classes``) gets the batch's labels, each replaced by
+   the null label with probability ``loss.label_dropout`` (drawn from the same generator,
+   after the dequantization noise), so that it learns the conditional and the unconditional model of
+   classifier-free guidance (Ho & Salimans 2022, Algorithm 1);
 3. backward (gradients averaged over the processes by DistributedDataParallel), the global
    gradient norm clipped to ``optim.grad_clip``, an AdamW step, the learning-rate schedule
    (linear warm-up, then constant or cosine), and the EMA update: torch's
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -68,6 +73,7 @@ from scoresde.data import (
     load_toy,
 )
 from scoresde.distributed import DistInfo, ShardedBatches
+from scoresde.guidance import CFGModel, drop_labels
 from scoresde.losses import get_t_sampler, get_weighting
 from scoresde.models import MLP, UNet
 from scoresde.parametrization import EDMPrecond, ScoreModel
@@ -122,7 +128,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     if cfg.name == "mnist_subset":
         return load_mnist_subset(**common)
     if cfg.name == "npz":
-        return load_npz(cfg.path, key=cfg.key or None, **common)
+        return load_npz(cfg.path, key=cfg.key or None, labels_key=cfg.labels_key or None, **common)
     if cfg.name == "image_folder":
         return load_image_folder(cfg.path, mode=cfg.mode, size=cfg.image_size, **common)
     raise ConfigError(f"unknown data.name {cfg.name!r}")  # unreachable: the config is validated
@@ -142,6 +148,29 @@ def build_sde(cfg: SDEConfig) -> SDE:
     return _SDES[cfg.name](**cfg.kwargs())
 
 
+_LABELLED = (
+    "digits, mnist_subset, two_moons, eight_gaussians, pinwheel, an image_folder with one "
+    "sub-folder per class, an npz with data.labels_key"
+)
+
+
+def _training_labels(ds: Dataset, num_classes: int) -> Tensor:
+    """The training labels of ``ds``, checked against ``model.num_classes``."""
+    y = ds.train_labels
+    if y is None:
+        raise ConfigError(
+            f"model.num_classes={num_classes} needs a labelled dataset, but {ds.name!r} has no "
+            f"labels; labelled datasets: {_LABELLED}"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ConfigError(
+            f"model.num_classes={num_classes}, but the labels of {ds.name!r} lie in "
+            f"[{int(y.min())}, {int(y.max())}] ({ds.num_classes} classes): the labels must be "
+            f"0 .. num_classes - 1"
+        )
+    return y
+
+
 def _arch(cfg: ModelConfig, shape: tuple[int, ...]) -> str:
     if cfg.arch != "auto":
         return cfg.arch
@@ -150,7 +179,8 @@ def _arch(cfg: ModelConfig, shape: tuple[int, ...]) -> str:
 
 def build_network(cfg: ModelConfig, shape: tuple[int, ...], sde: SDE) -> nn.Module:
     """The network of a ``[model]`` section for samples of ``shape`` (wrapped in
-    :class:`~scoresde.EDMPrecond` when ``precond = "edm"``)."""
+    :class:`~scoresde.EDMPrecond` when ``precond = "edm"``); class-conditional, ``net(x, t,
+    y=labels)`` with the null label ``num_classes``, when ``model.num_classes`` is set."""
     arch = _arch(cfg, shape)
     net: nn.Module
     if arch == "mlp":
@@ -161,6 +191,7 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], sde: SDE) -> nn.Modu
             emb_dim=cfg.emb_dim,
             time_embedding=cfg.time_embedding,
             dropout=cfg.dropout,
+            num_classes=cfg.num_classes,
         )
     else:
         if len(shape) != 3 or shape[1] != shape[2]:
@@ -178,6 +209,7 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], sde: SDE) -> nn.Modu
             dropout=cfg.dropout,
             time_embedding=cfg.time_embedding,
             groups=cfg.groups,
+            num_classes=cfg.num_classes,
         )
     if cfg.precond == "edm":
         net = EDMPrecond(net, sde, sigma_data=cfg.sigma_data)
@@ -355,8 +387,12 @@ def sample_sharded(
     info: DistInfo | None = None,
     device: torch.device | str = "cpu",
     denoise_final: bool = False,
+    grid: str | None = None,
 ) -> Tensor | None:
     """``n`` samples drawn by all processes together, gathered on rank 0 (None elsewhere).
+
+    ``grid``: None (or "") for the method's default grid, a grid name, or the path of a saved
+    grid file (see :func:`scoresde.sample`).
 
     Sample ``i`` starts from the noise of seed ``seed + i`` (ODE methods: it is the same sample
     whatever the number of processes); SDE methods add noise from a generator seeded by
@@ -374,7 +410,13 @@ def sample_sharded(
                 (stop - start, *shape), generator=torch.Generator().manual_seed(seed + start)
             )
             x = sample(
-                model, method, nfe, x_init=noise.to(dev), generator=g, denoise_final=denoise_final
+                model,
+                method,
+                nfe,
+                x_init=noise.to(dev),
+                generator=g,
+                denoise_final=denoise_final,
+                grid=grid or None,
             ).x
         else:
             x = sample(
@@ -385,6 +427,7 @@ def sample_sharded(
                 seeds=list(range(seed + start, seed + stop)),
                 device=dev,
                 denoise_final=denoise_final,
+                grid=grid or None,
             ).x
     else:
         x = torch.empty((0, *shape), device=dev)
@@ -580,6 +623,18 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
 
         self.dataset = build_dataset(config.data)
+        self.num_classes = config.model.num_classes
+        self.label_dropout = config.label_dropout
+        self.train_y: Tensor | None = None
+        if self.num_classes is not None:
+            self.train_y = _training_labels(self.dataset, self.num_classes).to(self.device)
+            if self.label_dropout == 0.0 and (config.eval.likelihood or config.eval.elbo):
+                warnings.warn(
+                    "loss.label_dropout=0 never trains the null label, but the evaluation's "
+                    "bits/dim are those of the unconditional (null-label) model: set "
+                    "eval.likelihood=false and eval.elbo=false, or a label dropout > 0",
+                    stacklevel=2,
+                )
         self.sde = build_sde(config.sde)
         self.arch = _arch(config.model, self.dataset.shape)
         # the same initialisation on every process (DDP also broadcasts rank 0's)
@@ -645,31 +700,61 @@ class Trainer:
         idx = self.batches.indices(step).to(self.device)
         return self.train_x.index_select(0, idx)
 
+    def batch_labels(self, step: int) -> Tensor | None:
+        """The class labels of :meth:`batch` ``(step)`` (before label dropout), or None for an
+        unconditional model."""
+        if self.train_y is None:
+            return None
+        idx = self.batches.indices(step).to(self.device)
+        return self.train_y.index_select(0, idx)
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def forward_backward(
-        self, x0: Tensor, generator: torch.Generator, scale: float = 1.0
+        self,
+        x0: Tensor,
+        generator: torch.Generator,
+        scale: float = 1.0,
+        *,
+        y: Tensor | None = None,
     ) -> Tensor:
         """The DSM loss of ``x0`` (dequantized first for discrete data) with times and noise
-        from ``generator``; ``scale * loss`` is back-propagated. Returns the detached loss."""
+        from ``generator``; ``scale * loss`` is back-propagated. Returns the detached loss.
+
+        A class-conditional model takes the (B,) labels ``y``: each is replaced by the null
+        label with probability ``loss.label_dropout`` (:func:`scoresde.drop_labels`, drawn
+        from ``generator``; Ho & Salimans 2022, Algorithm 1), and the network is bound to the
+        result for this loss."""
         ds = self.dataset
+        if (y is None) != (self.num_classes is None):
+            raise ValueError(
+                "y (the batch's labels) is required for a class-conditional model "
+                f"(model.num_classes={self.num_classes}) and not accepted otherwise, got "
+                f"{'None' if y is None else 'labels'}"
+            )
         if self.config.data.dequantize and ds.levels is not None and ds.data_range is not None:
             from scoresde.likelihood import dequantize  # x + Delta (u - 1/2), as evaluated
 
             x0 = dequantize(x0, ds.levels, ds.data_range, 1, generator=generator)[0]
+        if y is not None:
+            assert self.num_classes is not None
+            y = drop_labels(y, self.label_dropout, self.num_classes, generator=generator)
         with self._autocast():
-            out = self._loss(x0, generator)
+            out = self._loss(x0, generator, y)
         (out * scale).backward()
         return out.detach()
 
-    def _loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+    def _loss(self, x0: Tensor, generator: torch.Generator, y: Tensor | None = None) -> Tensor:
         from scoresde.losses import dsm_loss
 
+        model = self.model
+        if y is not None:  # the labels bound to the (DDP-wrapped) network for this batch
+            model = ScoreModel(functools.partial(self.ddp, y=y), self.sde, self.prediction)
         return dsm_loss(
-            self.model,
+            model,
             x0,
             weighting=self.weighting,
             t_sampler=self.t_sampler,
@@ -692,7 +777,10 @@ class Trainer:
 
     def train_step(self) -> tuple[Tensor, Tensor]:
         """One optimizer step on this process's batch; returns (loss, grad norm), detached."""
-        loss = self.forward_backward(self.batch(self.step), self.step_generator(self.step))
+        step = self.step
+        loss = self.forward_backward(
+            self.batch(step), self.step_generator(step), y=self.batch_labels(step)
+        )
         return loss, self.optimizer_step()
 
     # ------------------------------------------------------------------ checkpoints
@@ -707,6 +795,8 @@ class Trainer:
             "prediction": self.prediction,
             "precond": self.config.model.precond,
             "arch": self.arch,
+            "num_classes": json.dumps(self.num_classes),
+            "label_dropout": json.dumps(self.label_dropout),
             "dataset": ds.name,
             "shape": json.dumps(list(ds.shape)),
             "levels": json.dumps(ds.levels),
@@ -812,7 +902,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def eval_model(self) -> ScoreModel:
-        """The score model evaluated: the EMA network (or the raw one, ``eval.use_ema=false``)."""
+        """The score model evaluated: the EMA network (or the raw one, ``eval.use_ema=false``);
+        for a class-conditional network, its unconditional (null-label) model."""
         net = self.ema.module if self.config.eval.use_ema else self.net
         return ScoreModel(net, self.sde, prediction=self.prediction)
 
@@ -825,25 +916,41 @@ class Trainer:
         finally:
             self.net.train(was)
 
+    def _eval_samples(self, model: ScoreModel, seed: int) -> Tensor | None:
+        """The evaluation's samples (gathered on rank 0): ``eval.n_samples`` from ``model``;
+        for a class-conditional network, ``max(1, n_samples // num_classes)`` of each class in
+        turn, from the conditional model (guidance scale 0), one solve per class (an int
+        label works with every solver)."""
+        ev, ds = self.config.eval, self.dataset
+        common: dict[str, Any] = {
+            "method": ev.method,
+            "nfe": ev.nfe,
+            "info": self.info,
+            "device": self.device,
+        }
+        if self.num_classes is None:
+            return sample_sharded(model, ds.shape, ev.n_samples, seed=seed, **common)
+        per_class = max(1, ev.n_samples // self.num_classes)
+        parts: list[Tensor] = []
+        for c in range(self.num_classes):
+            cond = CFGModel(model.net, self.sde, y=c, w=0.0, prediction=self.prediction)
+            x = sample_sharded(cond, ds.shape, per_class, seed=seed + c * per_class, **common)
+            if x is not None:  # rank 0 gathers every class
+                parts.append(x)
+        return torch.cat(parts) if len(parts) == self.num_classes else None
+
     def evaluate(self, *, progress: bool = False) -> EvalResult:
         """Samples (a figure), test bits/dim through the PF-ODE and the ELBO, with the EMA
-        weights; all processes take part, rank 0 writes ``eval.csv`` and the figure."""
+        weights; all processes take part, rank 0 writes ``eval.csv`` and the figure. A
+        class-conditional model is evaluated as the unconditional (null-label) model for
+        bits/dim, and its figure holds conditional samples of every class."""
         t0 = time.perf_counter()
         ev = self.config.eval
         ds = self.dataset
         model = self.eval_model()
         seed = _seed(self.config.train.seed, _EVAL_STREAM) % 2**31
         with self._eval_mode():
-            samples = sample_sharded(
-                model,
-                ds.shape,
-                ev.n_samples,
-                method=ev.method,
-                nfe=ev.nfe,
-                seed=seed,
-                info=self.info,
-                device=self.device,
-            )
+            samples = self._eval_samples(model, seed)
             test = ds.test if ev.n_test is None else ds.test[: ev.n_test]
             test = test.to(self.device)
             common: dict[str, Any] = {
@@ -881,12 +988,15 @@ class Trainer:
             from scoresde.plots import save_samples
 
             ref = ds.test[:2000] if len(ds.shape) == 1 else None
+            title = f"{ds.name}, step {self.step}, {ev.method} NFE={ev.nfe}"
+            if self.num_classes is not None:
+                title += f", classes 0-{self.num_classes - 1} in order"
             figure = save_samples(
                 samples,
                 self.out_dir / "samples" / f"step_{self.step:09d}.png",
                 data_range=ds.data_range,
                 reference=ref,
-                title=f"{ds.name}, step {self.step}, {ev.method} NFE={ev.nfe}",
+                title=title,
             )
         seconds = time.perf_counter() - t0
         result = EvalResult(self.step, lik, elb, samples, figure, seconds)
@@ -1151,6 +1261,38 @@ class LoadedModel:
     def dataset(self) -> Dataset:
         """The dataset of its configuration (the same splits as in training)."""
         return build_dataset(self.config.data)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model (None: unconditional)."""
+        return self.config.model.num_classes
+
+    def guided(self, y: int | Tensor, w: float | Tensor = 0.0) -> CFGModel:
+        """The class-conditional model with classifier-free guidance (Ho & Salimans 2022),
+        bound to the class ``y`` and scale ``w``: a :class:`~scoresde.CFGModel` on this
+        network (``model`` itself is the unconditional, null-label model).
+
+        Args:
+            y: the class, an int in ``[0, num_classes)`` or a (B,) integer tensor.
+            w: guidance scale (0: the conditional model; -1: the unconditional one).
+
+        Raises:
+            ValueError: for an unconditional model, or a class outside ``[0, num_classes)``.
+        """
+        c = self.num_classes
+        if c is None:
+            raise ValueError(
+                f"{self.path} is an unconditional model (model.num_classes is not set): it "
+                "takes no class; train with model.num_classes=N for class-conditional sampling"
+            )
+        if isinstance(y, Tensor):
+            if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+                raise ValueError(
+                    f"y must hold classes in [0, {c}) for this model, got {y.tolist()}"
+                )
+        elif isinstance(y, int) and not isinstance(y, bool) and not 0 <= y < c:
+            raise ValueError(f"y must be a class in [0, {c}) for this model, got y={y}")
+        return CFGModel(self.net, self.model.sde, y=y, w=w, prediction=self.model.prediction)
 
 
 def load_model(

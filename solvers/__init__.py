@@ -41,6 +41,7 @@ from solvers.integrate import standard_normal_noise as standard_normal_noise
 from solvers.linear_multistep import IPNDM as IPNDM
 from solvers.linear_multistep import IPNDMVariable as IPNDMVariable
 from solvers.ode_fixed import RK4 as RK4
+from solvers.ode_fixed import EDMVariables as EDMVariables
 from solvers.ode_fixed import Euler as Euler
 from solvers.ode_fixed import Heun as Heun
 from solvers.ode_fixed import Midpoint as Midpoint
@@ -68,15 +69,18 @@ from solvers.sde_fixed import EDMStochastic as EDMStochastic
 from solvers.sde_fixed import EulerMaruyama as EulerMaruyama
 from solvers.sde_fixed import ReverseDiffusion as ReverseDiffusion
 from solvers.terms import DenoiserTerm as DenoiserTerm
+from solvers.terms import EDMVariablesTerm as EDMVariablesTerm
 from solvers.terms import ODETerm as ODETerm
 from solvers.terms import SDETerm as SDETerm
 from solvers.terms import count_evaluations as count_evaluations
+from solvers.terms import noise_to_signal as noise_to_signal
 from solvers.time_grids import GRIDS as GRIDS
 from solvers.time_grids import as_grid as as_grid
 from solvers.time_grids import karras as karras
 from solvers.time_grids import log_snr_uniform as log_snr_uniform
 from solvers.time_grids import make_grid as make_grid
 from solvers.time_grids import quadratic as quadratic
+from solvers.time_grids import schedule_kind as schedule_kind
 from solvers.time_grids import uniform as uniform
 
 __all__ = [
@@ -89,6 +93,8 @@ __all__ = [
     "ODETerm",
     "SDETerm",
     "DenoiserTerm",
+    "EDMVariablesTerm",
+    "noise_to_signal",
     "count_evaluations",
     # solver contract and the loop
     "Solver",
@@ -100,6 +106,7 @@ __all__ = [
     "append_dims",
     # solvers and registry
     "Euler",
+    "EDMVariables",
     "Heun",
     "Midpoint",
     "RK4",
@@ -148,6 +155,7 @@ __all__ = [
     # time grids
     "uniform",
     "quadratic",
+    "schedule_kind",
     "log_snr_uniform",
     "karras",
     "as_grid",

@@ -8,6 +8,9 @@ from typing import ClassVar, Generic, TypeVar, cast
 
 from torch import Tensor
 
+from solvers.protocols import Schedule
+from solvers.time_grids import schedule_kind
+
 __all__ = ["Solver", "check_solver_class", "check_nfe"]
 
 TermT = TypeVar("TermT")
@@ -55,7 +58,42 @@ class Solver(abc.ABC, Generic[TermT, StateT]):
     """True for step-size-controlled methods (:class:`solvers.adaptive.AdaptiveSolver`), which
     choose their own steps: ``integrate`` hands them the whole interval."""
     default_grid: ClassVar[str] = "uniform"
-    """Name of the time grid (:data:`solvers.GRIDS`) this method is usually run on."""
+    """Name of the time grid (:data:`solvers.GRIDS`) this method runs on by default when the
+    schedule does not scale the signal (VE, EDM; :func:`solvers.schedule_kind` ``"ve"``) or is
+    unknown. See :meth:`grid_for`."""
+    default_grid_vp: ClassVar[str | None] = None
+    """Name of the default time grid under a schedule whose ``alpha`` decays (VP, sub-VP,
+    cosine, a DDPM chain; :func:`solvers.schedule_kind` ``"vp"``); ``None``: ``default_grid``.
+    See :meth:`grid_for`."""
+
+    edm_variables_grids: ClassVar[tuple[str, str] | None] = None
+    """ODE-term solvers only: the default grids ``(VP-type, VE-type)`` when the method runs in
+    EDM variables (:class:`solvers.EDMVariables`); ``None``: the same as in ``t``."""
+
+    def grid_for(self, schedule: Schedule | None, t_start: float, t_end: float) -> str:
+        """The name of this method's default time grid for ``schedule`` on ``[t_end, t_start]``.
+
+        ``default_grid_vp`` for a schedule of kind ``"vp"`` (when set), else ``default_grid``.
+        The defaults were chosen by measurement (``bench/grid_sweep.py``; docs/solvers.md,
+        "Default time grids"): steps uniform or quadratic in the time of a VP SDE are good, in
+        a noise level (VE, EDM) the log-SNR and Karras grids are.
+
+        Args:
+            schedule: the schedule to sample (``None``: not known, ``default_grid``).
+            t_start: start of the interval.
+            t_end: end of the interval.
+
+        Returns:
+            A key of :data:`solvers.GRIDS`.
+        """
+        vp = type(self).default_grid_vp
+        if (
+            vp is not None
+            and schedule is not None
+            and schedule_kind(schedule, t_start, t_end) == "vp"
+        ):
+            return vp
+        return type(self).default_grid
 
     def init(self, term: TermT, ts: Tensor, x: Tensor) -> StateT:
         """Initial solver state before the first step (default: ``None``, stateless).

@@ -120,7 +120,8 @@ class NoiseSource(abc.ABC):
         """The normalised Brownian increment of the step ``t0 -> t1``.
 
         Args:
-            t0, t1: the step's times, 0-d float64 tensors.
+            t0: the step's start time, a 0-d float64 tensor.
+            t1: the step's end time, a 0-d float64 tensor.
             x: the state, shape ``(B, *dims)`` (only its shape, dtype and device are used).
 
         Returns:
@@ -155,9 +156,11 @@ class NoiseSource(abc.ABC):
         ``s = |t - t_start|`` in ``[0, |t_end - t_start|]`` (:func:`flip_time`).
 
         Args:
-            t_start, t_end: the integration interval in the solver's time.
+            t_start: start of the integration interval in the solver's time.
+            t_end: end of the integration interval.
             size: ``(batch, dim)`` of the flattened state.
-            dtype, device: of the increments.
+            dtype: dtype of the increments.
+            device: device of the increments.
             levy_area: ``"none"`` or ``"space-time"`` (torchsde's ``srk`` needs the latter).
         """
 
@@ -315,11 +318,13 @@ class BrownianPath(NoiseSource):
     queried interval is kept: memory grows with the number of distinct queries).
 
     Args:
-        t_start, t_end: the interval (sampling: ``T`` and ``t_min``).
+        t_start: start of the interval (sampling: ``T``).
+        t_end: end of the interval (sampling: ``t_min``).
         shape: the state's shape ``(B, *dims)``.
         entropy: integer seed (``None``: drawn from ``generator``).
         generator: used only when ``entropy`` is ``None`` (``None``: the global RNG).
-        dtype, device: of the increments (default float64, CPU).
+        dtype: dtype of the increments (default float64).
+        device: device of the increments (default CPU).
         levy_area: ``"space-time"`` (default; what torchsde's ``srk`` needs) or ``"none"``.
     """
 

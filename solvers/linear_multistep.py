@@ -222,13 +222,17 @@ class IPNDM(_AdamsBashforth):
 
     ODE solver; declared order 4 (uniform grids, after the warm-up); 1 velocity evaluation per
     step; the last ``max_order - 1`` velocities in :class:`MultistepState`. Shapes: any
-    ``(B, *dims)``. Default grid ``"karras"`` (chosen by measurement, see the user docs).
+    ``(B, *dims)``. Default grid ``"quadratic"`` under VP-type schedules, ``"logsnr"`` under
+    VE and EDM (by measurement, ``bench/grid_sweep.py``). In EDM variables
+    (:class:`solvers.EDMVariables`) it is PLMS.
 
     Args:
         max_order: highest Adams-Bashforth order, 1 to 4 (default 4).
     """
 
-    default_grid = "karras"
+    default_grid = "logsnr"
+    default_grid_vp = "quadratic"
+    edm_variables_grids = ("quadratic", "logsnr")
 
     def weights(self, ts: Tensor) -> Tensor:
         """The fixed weights of order ``min(max_order, i + 1)`` for every step ``i``."""
@@ -259,13 +263,18 @@ class IPNDMVariable(_AdamsBashforth):
 
     ODE solver; order ``max_order`` = 4 on any smooth grid (after the warm-up, see the module
     docstring); 1 velocity evaluation per step; history in :class:`MultistepState`. Shapes: any
-    ``(B, *dims)``. Default grid ``"karras"`` (chosen by measurement, see the user docs).
+    ``(B, *dims)``. Default grid ``"quadratic"`` under VP-type schedules, ``"logsnr"`` under
+    VE and EDM (by measurement, ``bench/grid_sweep.py``); in EDM variables
+    (:class:`solvers.EDMVariables`, k-diffusion's ``sample_lms`` on any schedule) ``"karras"``
+    under VE and EDM.
 
     Args:
         max_order: highest order, 1 to 4 (default 4); ``max_order = k`` is LMS of order ``k``.
     """
 
-    default_grid = "karras"
+    default_grid = "logsnr"
+    default_grid_vp = "quadratic"
+    edm_variables_grids = ("quadratic", "karras")
 
     def weights(self, ts: Tensor) -> Tensor:
         """Variable-step weights from :func:`adams_bashforth_weights`."""

@@ -16,14 +16,17 @@ sec. II.1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from solvers.base import Solver
 from solvers.broadcast import coef
-from solvers.protocols import ODETermLike
+from solvers.protocols import DenoiserTermLike, ODETermLike, Schedule
+from solvers.terms import EDMVariablesTerm, noise_to_signal
+from solvers.time_grids import schedule_kind
 
 __all__ = [
     "ButcherTableau",
@@ -37,6 +40,8 @@ __all__ = [
     "HeunState",
     "Midpoint",
     "RK4",
+    "EDMVariables",
+    "EDMVariablesState",
     "BUILTINS",
 ]
 
@@ -120,6 +125,7 @@ class _ExplicitRK(Solver[ODETermLike, None]):
     tableau: ClassVar[ButcherTableau]
     term_type = ODETermLike
     default_grid = "karras"
+    default_grid_vp = "quadratic"
 
     def step(
         self,
@@ -140,13 +146,15 @@ class Euler(_ExplicitRK):
     ODEs I, sec. II.1).
 
     ODE solver; order 1 (global error ``O(h)``); 1 velocity evaluation per step; stateless.
-    Default grid ``"karras"`` (EDM's choice for its Euler and Heun samplers, Karras et al.
-    2022, eq. 5).
+    Default grid (:meth:`~solvers.Solver.grid_for`, by measurement, ``bench/grid_sweep.py``):
+    ``"quadratic"`` under VP-type schedules, ``"karras"`` (Karras et al. 2022, eq. 5) under VE
+    and EDM. In EDM variables (:class:`EDMVariables`) it is DDIM.
     """
 
     order = 1
     evals_per_step = 1
     tableau = EULER
+    edm_variables_grids = ("quadratic", "karras")
 
 
 @dataclass(frozen=True)
@@ -177,14 +185,18 @@ class Heun(Solver[ODETermLike, HeunState]):
     ``O(h^2)``, so the global order stays 2.
 
     ODE solver; order 2; 2 velocity evaluations per step except 1 on the last step
-    (``nfe_for_steps(n) = 2n - 1``). State: :class:`HeunState`. Default grid ``"karras"``
-    (EDM, eq. 5 with ``rho = 7``).
+    (``nfe_for_steps(n) = 2n - 1``). State: :class:`HeunState`. Default grid ``"quadratic"``
+    under VP-type schedules, ``"karras"`` (EDM, eq. 5 with ``rho = 7``) under VE and EDM (by
+    measurement, ``bench/grid_sweep.py``). EDM's sampler for any schedule, in its variables
+    ``x / alpha`` and ``sigma / alpha``, is ``EDMVariables(Heun())``.
     """
 
     order = 2
     term_type = ODETermLike
     evals_per_step = 2
     default_grid = "karras"
+    default_grid_vp = "quadratic"
+    edm_variables_grids = ("uniform", "karras")
 
     def init(self, term: ODETermLike, ts: Tensor, x: Tensor) -> HeunState:
         """Record the number of steps so that :meth:`step` knows which one is the last."""
@@ -219,14 +231,15 @@ class Midpoint(_ExplicitRK):
 
         x1 = x0 + h v(x0 + (h / 2) v(x0, t0), t0 + h / 2).
 
-    ODE solver; order 2; 2 velocity evaluations per step; stateless. Default grid ``"karras"``
-    (smallest error of the built-in grids on the Gaussian PF-ODE under VP, VE and EDM at
-    10-50 evaluations; see the user docs).
+    ODE solver; order 2; 2 velocity evaluations per step; stateless. Default grid
+    ``"quadratic"`` under VP-type schedules, ``"karras"`` under VE and EDM (by measurement,
+    ``bench/grid_sweep.py``).
     """
 
     order = 2
     evals_per_step = 2
     tableau = MIDPOINT
+    edm_variables_grids = ("quadratic", "karras")
 
 
 @dataclass(frozen=True)
@@ -240,13 +253,142 @@ class RK4(_ExplicitRK):
         k3 = v(x0 + h k2 / 2, tm), k4 = v(x0 + h k3, t1),
         x1 = x0 + h (k1 + 2 k2 + 2 k3 + k4) / 6.
 
-    ODE solver; order 4; 4 velocity evaluations per step; stateless. Default grid ``"karras"``
-    (see :class:`Midpoint`).
+    ODE solver; order 4; 4 velocity evaluations per step; stateless. Default grid
+    ``"quadratic"`` under VP-type schedules, ``"karras"`` under VE and EDM (see
+    :class:`Midpoint`).
     """
 
     order = 4
     evals_per_step = 4
     tableau = CLASSICAL_RK4
+    edm_variables_grids = ("karras", "karras")
+
+
+@dataclass(frozen=True)
+class EDMVariablesState:
+    """State of :class:`EDMVariables`.
+
+    Attributes:
+        index: the step about to be taken (a Python int).
+        s: ``(N + 1,)`` float64 noise-to-signal ratios ``sigma / alpha`` of the grid points.
+        alpha: ``(N + 1,)`` float64 ``alpha`` at the grid points.
+        inner: the wrapped solver's state.
+    """
+
+    index: int
+    s: Tensor
+    alpha: Tensor
+    inner: Any
+
+
+@dataclass(frozen=True)
+class EDMVariables(Solver[DenoiserTermLike, EDMVariablesState]):
+    """Run a fixed-step ODE solver on the probability-flow ODE in EDM variables (Karras et al.
+    2022, sec. 4): state ``y = x / alpha(t)``, time ``s = sigma(t) / alpha(t)``, and
+
+        dy/ds = (y - D(alpha y, t)) / s = eps_hat        (:class:`solvers.EDMVariablesTerm`),
+
+    for any Gaussian schedule ``(alpha, sigma)``. The grid is given in the schedule's own time
+    ``t`` as usual; the solver steps between the ``s`` of consecutive grid points and hands back
+    ``x = alpha y`` after every step, so the loop, the callbacks and the trajectory see ``x``
+    and ``t``. Under EDM (``alpha = 1``, ``sigma = t``) this is the wrapped solver itself; under
+    VP and VE it is how k-diffusion and diffusers' ``EulerDiscreteScheduler`` /
+    ``HeunDiscreteScheduler`` integrate. ``EDMVariables(Euler())`` is DDIM (Song et al. 2021)
+    exactly, ``EDMVariables(Heun())`` EDM's Algorithm 1 and ``EDMVariables(IPNDMVariable())``
+    k-diffusion's ``sample_lms`` on any schedule.
+
+    Consumes a :class:`solvers.DenoiserTermLike` (``sd.sample`` builds it from any model); the
+    wrapped solver's order, evaluations per step and budget rule are kept
+    (:attr:`convergence_order`, :meth:`nfe_for_steps`, :meth:`for_budget`). Intermediate stage
+    times (midpoint, RK4) are mapped back to ``t`` through the schedule's ``t_from_log_snr``.
+
+    Args:
+        solver: a deterministic fixed-step solver of ODE terms (``Euler()``, ``Heun()``,
+            ``Midpoint()``, ``RK4()``, ``IPNDM()``, ``IPNDMVariable()``, or a user solver).
+
+    Raises:
+        TypeError: ``solver`` is not such a solver.
+    """
+
+    solver: Solver[Any, Any]
+
+    order: ClassVar[int] = 1  # the registry default; instances report the wrapped solver's
+    term_type = DenoiserTermLike
+    evals_per_step: ClassVar[int] = 1
+    default_grid = "karras"
+
+    def __post_init__(self) -> None:
+        inner = self.solver
+        if not isinstance(inner, Solver):
+            raise TypeError(
+                f"EDMVariables: solver must be a solvers.Solver instance, got "
+                f"{type(inner).__name__}"
+            )
+        cls = type(inner)
+        if cls.term_type is not ODETermLike or cls.stochastic or cls.adaptive:
+            raise TypeError(
+                f"EDMVariables: solver must be a deterministic fixed-step solver of ODE terms "
+                f"(term_type ODETermLike, e.g. solvers.Heun()), got {cls.__name__} "
+                f"(term_type {cls.term_type.__name__}, stochastic={cls.stochastic}, "
+                f"adaptive={cls.adaptive})"
+            )
+
+    @property
+    def convergence_order(self) -> int:
+        """The wrapped solver's order (a change of variables keeps it)."""
+        return self.solver.convergence_order
+
+    @property
+    def cold_start_order(self) -> int:
+        """The wrapped solver's cold-start order."""
+        return self.solver.cold_start_order
+
+    def nfe_for_steps(self, n_steps: int) -> int:
+        """The wrapped solver's cost of ``n_steps`` steps."""
+        return self.solver.nfe_for_steps(n_steps)
+
+    def grid_for(self, schedule: Schedule | None, t_start: float, t_end: float) -> str:
+        """The wrapped solver's ``edm_variables_grids`` (VP-type, VE-type), measured in these
+        variables by ``bench/grid_sweep.py``; without them its own :meth:`grid_for`."""
+        grids = type(self.solver).edm_variables_grids
+        if grids is None:
+            return self.solver.grid_for(schedule, t_start, t_end)
+        if schedule is not None and schedule_kind(schedule, t_start, t_end) == "vp":
+            return grids[0]
+        return grids[1]
+
+    def for_budget(self, nfe: int) -> tuple[EDMVariables, int]:
+        """The wrapped solver's :meth:`~solvers.Solver.for_budget`, wrapped again."""
+        inner, n_steps = self.solver.for_budget(nfe)
+        return replace(self, solver=inner), n_steps
+
+    def init(self, term: DenoiserTermLike, ts: Tensor, x: Tensor) -> EDMVariablesState:
+        """``s`` and ``alpha`` at the grid points (float64) and the wrapped solver's state on
+        the grid ``s(ts)`` from ``y = x / alpha(ts[0])``."""
+        schedule = term.schedule
+        ts64 = ts.to(torch.float64)
+        s = noise_to_signal(schedule, ts64)
+        alpha = schedule.alpha(ts64).to(torch.float64)
+        inner = self.solver.init(EDMVariablesTerm(term), s, x / coef(alpha[0], x))
+        return EDMVariablesState(index=0, s=s, alpha=alpha, inner=inner)
+
+    def step(
+        self,
+        term: DenoiserTermLike,
+        t0: Tensor,
+        t1: Tensor,
+        x: Tensor,
+        state: EDMVariablesState,
+        noise: Tensor | None,
+    ) -> tuple[Tensor, EDMVariablesState]:
+        """One step of the wrapped solver from ``s(t0)`` to ``s(t1)`` on ``y = x / alpha``."""
+        i = state.index
+        y = x / coef(state.alpha[i], x)
+        y1, inner = self.solver.step(
+            EDMVariablesTerm(term), state.s[i], state.s[i + 1], y, state.inner, None
+        )
+        x1 = y1 * coef(state.alpha[i + 1], x)
+        return x1, replace(state, index=i + 1, inner=inner)
 
 
 BUILTINS: dict[str, type[Solver[Any, Any]]] = {

@@ -249,7 +249,8 @@ class PredictorCorrector(Solver[DenoiserTermLike, PCState]):
     predictor (``"before"``, score_sde's code).
 
     SDE solver; ``convergence_order`` and default grid: the predictor's order, grid
-    ``"uniform"`` (score_sde). ``weak_order`` is ``None``: the corrector's step size is set by
+    ``"uniform"`` for VP-type SDEs (score_sde), ``"logsnr"`` for VE/EDM.
+    ``weak_order`` is ``None``: the corrector's step size is set by
     ``snr``, not by the grid, so the samples do not converge to ``p_{t_min}`` as the steps grow
     (the unadjusted Langevin steps leave a bias of order ``snr^4``; score_sde's ``snr = 0.16``
     gives ~1e-3 relative on the variance of Gaussian data); with ``corrector="none"`` (or
@@ -282,7 +283,8 @@ class PredictorCorrector(Solver[DenoiserTermLike, PCState]):
     stochastic = True
     term_type = DenoiserTermLike
     evals_per_step = 2
-    default_grid = "uniform"
+    default_grid = "logsnr"
+    default_grid_vp = "uniform"
     tiny: ClassVar[float] = 1e-30
     """Floor of ``||s||`` in the ``"langevin"`` step size (a zero score would divide by 0)."""
 

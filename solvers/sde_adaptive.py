@@ -267,7 +267,8 @@ class TorchSDESolver(WholeIntervalSDESolver):
     """
 
     method: ClassVar[TorchSDEMethod]
-    default_grid = "uniform"
+    default_grid = "logsnr"
+    default_grid_vp = "uniform"
 
     def _method(self) -> str:
         return type(self).method
@@ -355,7 +356,7 @@ class TorchSDEEuler(TorchSDESolver):
     ``x1 = x0 + f dt + g dW``. On a :class:`~solvers.brownian.BrownianPath` it agrees with
     :class:`solvers.sde_fixed.EulerMaruyama` to rounding. SDE solver (Ito); strong order 1.0
     (additive noise; 0.5 otherwise), weak order 1.0; 1 drift evaluation per step. Default grid
-    ``"uniform"``.
+    ``"uniform"`` for VP-type SDEs, ``"logsnr"`` for VE/EDM.
     """
 
     method = "euler"
@@ -372,7 +373,7 @@ class TorchSDEMilstein(TorchSDESolver):
     diffusion SDE), where it equals Euler-Maruyama.
 
     SDE solver (Ito); strong order 1.0, weak order 1.0; 1 drift evaluation per step
-    (``g'`` by autograd, free). Default grid ``"uniform"``.
+    (``g'`` by autograd, free). Default grid as ``sde_euler``.
     """
 
     method = "milstein"
@@ -389,7 +390,7 @@ class TorchSDESRK(TorchSDESolver):
 
     SDE solver (Ito); strong order 1.5, weak order 1.5 (torchsde's declaration); 4 drift
     evaluations per step (the adapter caches the stage values torchsde re-evaluates; 10 calls
-    without the cache). Default grid ``"uniform"``.
+    without the cache). Default grid as ``sde_euler``.
     """
 
     method = "srk"
@@ -407,7 +408,7 @@ class TorchSDEReversibleHeun(TorchSDESolver):
 
     The Ito drift is converted to Stratonovich (``f - 1/2 g dg/dx``; nothing to do for additive
     noise, where the two agree). SDE solver; strong order 1.0 (additive noise), weak order 1.0;
-    ``nfe_for_steps(n) = n + 1`` (one evaluation at the start). Default grid ``"uniform"``.
+    ``nfe_for_steps(n) = n + 1`` (one evaluation at the start). Default grid as ``sde_euler``.
     """
 
     method = "reversible_heun"
@@ -462,9 +463,11 @@ class TorchSDEAdaptive(_AdaptiveMixin, TorchSDESolver):
     ``[T, t_min]``).
 
     Args:
-        method: ``"srk"`` (default), ``"euler"``, ``"milstein"`` or ``"reversible_heun"``.
-        rtol, atol: tolerances (torchsde's defaults 1e-5, 1e-4 are too tight for float32
-            sampling; defaults here 1e-3, 1e-3).
+        method_name: ``"srk"`` (default), ``"euler"``, ``"milstein"`` or
+            ``"reversible_heun"``.
+        rtol: relative tolerance (default 1e-3; torchsde's default 1e-5 is too tight for
+            float32 sampling).
+        atol: absolute tolerance (default 1e-3; torchsde's 1e-4 is too tight as well).
         first_step: the first step size, relative to ``|t_end - t_start|`` (default 0.01).
         dt_min: the smallest step, relative to ``|t_end - t_start|`` (default 1e-5).
         max_nfe: cap on the drift evaluations (``None``: no cap); reaching it raises

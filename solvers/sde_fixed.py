@@ -112,7 +112,9 @@ class EulerMaruyama(Solver[SDETermLike, None]):
 
     SDE solver (Ito); strong order 1.0 for additive noise ``g = g(t)`` (every reverse diffusion
     SDE; 0.5 if ``g`` depends on ``x``), weak order 1.0; 1 drift evaluation per step;
-    stateless. Default grid ``"uniform"`` (score_sde).
+    stateless. Default grid (:meth:`~solvers.Solver.grid_for`): ``"uniform"`` for VP-type SDEs
+    (score_sde), ``"logsnr"`` for VE/EDM (geometric noise levels;
+    measured: ``bench/sampler_distribution.py``, ``tests/test_solvers_sde_fixed.py``).
     """
 
     order = 1
@@ -121,7 +123,8 @@ class EulerMaruyama(Solver[SDETermLike, None]):
     stochastic = True
     term_type = SDETermLike
     evals_per_step = 1
-    default_grid = "uniform"
+    default_grid = "logsnr"
+    default_grid_vp = "uniform"
 
     def step(
         self,
@@ -245,13 +248,15 @@ class ReverseDiffusion(_NoisyLinearStep):
     ``denoise_final=True``, the Tweedie estimate).
 
     SDE solver; strong order 1.0, weak order 1.0; 1 denoiser evaluation per step. Default grid
-    ``"uniform"`` (score_sde; geometric noise levels for VE).
+    ``"uniform"`` for VP-type SDEs (score_sde), ``"logsnr"`` for VE/EDM (geometric noise levels;
+    measured: ``bench/sampler_distribution.py``).
     """
 
     order = 1
     strong_order = 1.0
     weak_order = 1.0
-    default_grid = "uniform"
+    default_grid = "logsnr"
+    default_grid_vp = "uniform"
 
     def _table(self, pts: LogSNRPoints, x: Tensor) -> NoisyTable:
         _, q, a = _transition(pts)
@@ -285,13 +290,15 @@ class Ancestral(_NoisyLinearStep):
     update is DDIM with ``eta = 1`` and the first-order SDE-DPM-Solver++.
 
     SDE solver; strong order 1.0, weak order 1.0; 1 denoiser evaluation per step. Default grid
-    ``"uniform"`` (DDPM).
+    ``"uniform"`` for VP-type SDEs (DDPM), ``"logsnr"`` for VE/EDM (geometric noise levels;
+    measured: ``bench/sampler_distribution.py``).
     """
 
     order = 1
     strong_order = 1.0
     weak_order = 1.0
-    default_grid = "uniform"
+    default_grid = "logsnr"
+    default_grid_vp = "uniform"
 
     def _table(self, pts: LogSNRPoints, x: Tensor) -> NoisyTable:
         h, q, _ = _transition(pts)
@@ -500,8 +507,9 @@ class EDMStochastic(Solver[DenoiserTermLike, ExponentialState[_EDMTable]]):
     Args:
         S_churn: total churn (EDM Table 5: 40 for ImageNet-64, 30 for the VP/VE models of
             CIFAR-10; default 40).
-        S_tmin, S_tmax: range of noise levels ``sigma/alpha`` where churn is applied (default
-            0.05 and 50, EDM's ImageNet-64 values).
+        S_tmin: smallest noise level ``sigma/alpha`` where churn is applied (default 0.05,
+            EDM's ImageNet-64 value).
+        S_tmax: largest noise level ``sigma/alpha`` where churn is applied (default 50).
         S_noise: noise inflation (EDM uses 1.003 to compensate imperfect denoisers; default
             1.0, exact for an exact denoiser).
     """

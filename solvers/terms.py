@@ -17,14 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
+from solvers.broadcast import coef
 from solvers.protocols import DenoiserTermLike, ODETermLike, Schedule, SDETermLike
 
 __all__ = [
     "ODETerm",
     "SDETerm",
     "DenoiserTerm",
+    "EDMVariablesTerm",
+    "noise_to_signal",
     "CountingTerm",
     "CountingODETerm",
     "CountingSDETerm",
@@ -71,7 +75,8 @@ class SDETerm:
         return self.drift_fn(x, t)
 
     def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
-        """Diffusion ``g(x, t)``, broadcastable to ``x``."""
+        """Diffusion ``g(x, t)`` for ``x`` of shape (B, ...) and ``t`` 0-d or (B,),
+        broadcastable to ``x``."""
         return self.diffusion_fn(x, t)
 
 
@@ -90,6 +95,64 @@ class DenoiserTerm:
     def denoise(self, x: Tensor, t: Tensor) -> Tensor:
         """x0 prediction at ``(x, t)``, shape of ``x``."""
         return self.denoiser_fn(x, t)
+
+
+def noise_to_signal(schedule: Schedule, t: Tensor) -> Tensor:
+    """``s(t) = sigma(t) / alpha(t) = exp(-log_snr(t) / 2)`` in float64: the EDM noise level
+    of the scaled state ``x / alpha`` (Karras et al. 2022, sec. 4, ``sigma(t) / s(t)``).
+
+    Args:
+        schedule: the :class:`Schedule`.
+        t: times, any shape.
+
+    Returns:
+        ``sigma / alpha`` at ``t``, float64, same shape (``0`` where ``log_snr = +inf``).
+    """
+    return torch.exp(-0.5 * schedule.log_snr(t.to(torch.float64)).to(torch.float64))
+
+
+@dataclass(frozen=True)
+class EDMVariablesTerm:
+    """The probability-flow ODE of a denoiser term written in EDM variables, as an ODE term.
+
+    Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models",
+    sec. 4 and eq. 4 with ``s(t) = alpha(t)``): with the scaled state ``y = x / alpha(t)`` and
+    the noise-to-signal ratio ``s = sigma(t) / alpha(t)`` as the time variable, the PF-ODE of
+    any Gaussian schedule ``x_t = alpha(t) x_0 + sigma(t) eps`` becomes
+
+        dy/ds = (y - D(alpha(t) y, t)) / s = eps_hat(x, t),      t = t(s),
+
+    whatever ``(alpha, sigma)`` are: the schedule only decides which noise levels ``s`` a grid
+    visits. For ``alpha = 1`` and ``sigma = t`` (EDM) it is the ODE in ``t`` itself. An explicit
+    Euler step in these variables is DDIM (Song et al. 2021) exactly; Heun's method in them is
+    EDM's Algorithm 1 for any schedule.
+
+    ``velocity(y, s)`` maps ``s`` back to the schedule's time with ``t_from_log_snr(-2 log s)``
+    (one inversion per call, no host synchronisation) and makes one ``denoise`` call (one
+    network evaluation).
+
+    Args:
+        term: the denoiser term (x0 prediction and schedule).
+    """
+
+    term: DenoiserTermLike
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """``dy/ds`` at the scaled state ``x = y`` and noise-to-signal ratio ``t = s``.
+
+        Args:
+            x: scaled state ``y = x / alpha``, shape ``(B, *dims)``.
+            t: ``s = sigma / alpha``, 0-d float64 tensor (> 0).
+
+        Returns:
+            ``(y - D(alpha y, t(s))) / s``, shape and dtype of ``x``.
+        """
+        schedule = self.term.schedule
+        s = t.to(torch.float64)
+        time = schedule.t_from_log_snr(-2.0 * torch.log(s)).to(torch.float64)
+        alpha = schedule.alpha(time).to(torch.float64)
+        x0 = self.term.denoise(coef(alpha, x) * x, time)
+        return (x - x0) / coef(s, x)
 
 
 class CountingTerm:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -28,6 +28,8 @@ __all__ = [
     "as_grid",
     "check_grid",
     "make_grid",
+    "schedule_kind",
+    "ScheduleKind",
     "GridFn",
     "GRIDS",
 ]
@@ -187,7 +189,8 @@ def log_snr_uniform(schedule: Schedule, t_start: float, t_end: float, n: int) ->
 
     Args:
         schedule: a :class:`Schedule` (strictly decreasing ``log_snr`` and its inverse).
-        t_start, t_end: endpoints; ``log_snr`` must be finite at both.
+        t_start: first time of the grid; ``log_snr`` must be finite there.
+        t_end: last time of the grid; ``log_snr`` must be finite there.
         n: number of steps.
 
     Returns:
@@ -219,7 +222,8 @@ def karras(schedule: Schedule, t_start: float, t_end: float, n: int, rho: float 
 
     Args:
         schedule: a :class:`Schedule`.
-        t_start, t_end: endpoints; ``log_snr`` must not be NaN or ``-inf`` there.
+        t_start: first time of the grid; ``log_snr`` must not be NaN or ``-inf`` there.
+        t_end: last time of the grid; ``log_snr`` must not be NaN or ``-inf`` there.
         n: number of steps.
         rho: the exponent, > 0 (7 in EDM; 1 is uniform in ``s``).
 
@@ -245,6 +249,32 @@ def karras(schedule: Schedule, t_start: float, t_end: float, n: int, rho: float 
     roots = root_start + u * (root_end - root_start)
     lams = -2.0 * rho * torch.log(roots)  # log-SNR of s_i = roots^rho
     return _finish(_t_from_log_snr(schedule, lams), t_start, t_end, "karras")
+
+
+ScheduleKind = Literal["vp", "ve"]
+
+
+def schedule_kind(schedule: Schedule, t_start: float, t_end: float) -> ScheduleKind:
+    """Whether a schedule scales the signal down (``"vp"``) or only adds noise (``"ve"``).
+
+    ``"ve"`` when ``alpha`` is the same at both ends of ``[t_end, t_start]`` (``alpha = 1``:
+    VE, EDM; ``x_t = x_0 + sigma eps``, and the time is a noise level or its logarithm),
+    ``"vp"`` otherwise (VP, sub-VP, cosine, a DDPM chain: the signal decays and the time is the
+    diffusion's own clock). The best default grids differ between the two kinds: uniform or
+    quadratic steps in a VP time are good, in a noise level they are not (``bench/grid_sweep.py``;
+    docs/solvers.md, "Default time grids"). One host computation of ``alpha`` at two times.
+
+    Args:
+        schedule: a :class:`Schedule`.
+        t_start: one end of the interval to integrate over.
+        t_end: the other end (either order).
+
+    Returns:
+        ``"vp"`` or ``"ve"``.
+    """
+    ends = torch.tensor([float(t_start), float(t_end)], dtype=_F64)
+    a0, a1 = (float(v) for v in schedule.alpha(ends).to(_F64))
+    return "ve" if math.isclose(a0, a1, rel_tol=1e-9, abs_tol=0.0) else "vp"
 
 
 class GridFn(Protocol):
@@ -311,7 +341,8 @@ def make_grid(
         name: ``"uniform"``, ``"quadratic"``, ``"log_snr_uniform"``, ``"karras"`` (or a user
             entry); the keys are the names of the builder functions.
         schedule: the schedule (may be ``None`` for ``"uniform"`` and ``"quadratic"``).
-        t_start, t_end: endpoints, in the direction of integration.
+        t_start: first time of the grid, where the integration starts.
+        t_end: last time of the grid, where the integration ends.
         n: number of steps (>= 1).
         **kwargs: grid-specific options (``rho`` for ``"karras"``).
 

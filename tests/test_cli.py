@@ -159,3 +159,36 @@ def test_console_script_is_declared() -> None:
     assert project["scripts"]["scoresde"] == "scoresde.cli:main"
     deps = " ".join(project["dependencies"])
     assert "safetensors" in deps and "matplotlib" in deps and "tomli" in deps
+
+
+def test_sample_grid_by_name_file_and_config(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--grid takes a grid name or a saved grid file (sd.tune_grid's format); a saved 5-step
+    grid fixes the steps, and the same grid given as a name reproduces the samples."""
+    import scoresde as sd
+    import solvers
+
+    sde = sd.load_model(trained).model.sde
+    ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 5)
+    values = tuple(float(v) for v in ts)
+    tuned = sd.selection.TunedGrid(
+        method="euler", nfe=5, grid=values, start_grid=values, start="karras", sde=repr(sde),
+        t_min=sde.t_min, T=sde.T, space="logsnr", objective="rms", calibration_start=1.0,
+        calibration_tuned=1.0, held_out_start=sd.selection.GridScore(1.0, 1.0),
+        held_out_tuned=sd.selection.GridScore(1.0, 1.0), n_calibration=1, n_held_out=1,
+        optimizer="nelder-mead", evaluations=1, seconds=0.0,
+    )  # fmt: skip
+    path = tuned.save(tmp_path / "grid.json")
+    base = ["sample", str(trained), "--method", "euler", "--nfe", "5", "--n", "50"]
+    assert main([*base, "--grid", str(path), "--out", str(tmp_path / "a.npz")]) == 0
+    assert main([*base, "--grid", "karras", "--out", str(tmp_path / "b.npz")]) == 0
+    assert main([*base, "--grid", "uniform", "--out", str(tmp_path / "c.npz")]) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        np.testing.assert_allclose(a["x"], b["x"], rtol=0, atol=1e-6)
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "c.npz") as c:
+        assert np.abs(a["x"] - c["x"]).max() > 1e-3
+    capsys.readouterr()
+    assert main([*base, "--grid", "no-such-grid"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--grid" in err and "karras" in err and "\n" not in err

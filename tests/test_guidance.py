@@ -550,3 +550,60 @@ def test_guidance_and_inpainting_follow_the_device(device):
     for got, want in zip(out[device], out["cpu"]):
         assert got.device.type == torch.device(device).type
         torch.testing.assert_close(got.cpu(), want, rtol=1e-7, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- the digits example
+
+
+def _digits_example():
+    """examples/guidance_digits.py as a module (it is a script, not a package module)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "guidance_digits.py"
+    spec = importlib.util.spec_from_file_location("guidance_digits_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_example_helpers_are_exact():
+    ex = _digits_example()
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(30, 1, 4, 4, generator=g)
+    x = train[[3, 17]].clone()
+    mask = torch.rand(2, 1, 4, 4, generator=g) < 0.5
+    # a training image is its own nearest neighbour on any known pixels: k = 1 restores it
+    assert torch.equal(ex.knn_fill(train, torch.where(mask, x, 0.0), mask, 1), x)
+    # precision and recall of a set against itself are 1; against a far-away set, 0
+    assert ex.precision_recall(train, train) == (1.0, 1.0)
+    assert ex.precision_recall(train + 100.0, train) == (0.0, 0.0)
+
+
+def test_digits_example_smoke(tmp_path):
+    """The example end to end in --smoke mode (a tiny network, a few steps): it writes both
+    figures and metrics whose bookkeeping (scales, CFG batch sizes, NFE, masks) is right."""
+    import json
+
+    ex = _digits_example()
+    with torch.random.fork_rng(devices=[]):
+        assert ex.main(["--smoke", "--out", str(tmp_path)]) == 0
+    for name in ("guidance_digits_samples.png", "guidance_digits_inpaint.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    m = json.loads((tmp_path / "guidance_digits_metrics.json").read_text())
+    s = ex.SMOKE
+    assert [row["w"] for row in m["guidance"].values()] == list(s.scales)
+    n = 10 * s.per_class
+    for row in m["guidance"].values():
+        # one call per evaluation; the unconditional half only when w != 0
+        assert row["batch_per_call"] == (n if row["w"] == 0 else 2 * n)
+        assert row["nfe"] == s.nfe
+        assert 0.0 <= row["accuracy"] <= 1.0 and len(row["accuracy_per_class"]) == 10
+    for block in m["inpainting"].values():
+        assert block["missing_fraction"] > 0.3
+        rows = block["rows"]
+        assert rows["(the true digits)"]["rmse_grey_levels"] == 0.0
+        assert f"RePaint r = {s.resample}, {s.inpaint_steps} steps (5 NFE)" in rows

@@ -7,6 +7,7 @@ for a mixture, closed-form one-step formulas, and quadrature for the ``phi`` fun
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -90,8 +91,13 @@ for T -> t_min)."""
 
 
 def gaussian_errors(
-    cls: type[solvers.Solver], sde_name: str, ns: list[int], full_range: bool = False
+    cls: type[solvers.Solver] | Callable[[], solvers.Solver],
+    sde_name: str,
+    ns: list[int],
+    full_range: bool = False,
 ) -> list[float]:
+    """Errors against the Gaussian flow map; ``cls`` is a class (instantiated by :func:`make`)
+    or a factory of configured instances."""
     sde = SDES[sde_name]()
     gmm = sd.GaussianMixture.gaussian(MEAN, COV)
     oracle = gmm.score_model(sde)
@@ -103,7 +109,7 @@ def gaussian_errors(
     term = solvers.DenoiserTerm(oracle.x0, sde)
     errors = []
     for n in ns:
-        solver = make(cls)
+        solver = make(cls) if isinstance(cls, type) else cls()
         sol = solvers.integrate(solver, term, x_T, grid(sde, n, t_end))
         assert sol.nfe == solver.nfe_for_steps(n)
         errors.append((sol.x - exact).abs().max().item())
@@ -111,32 +117,46 @@ def gaussian_errors(
     return errors
 
 
+# every class in its default configuration (multistep methods without the final-step rule),
+# and DPM-Solver++(3M) with the exact third-order coefficient
+ORDER_CASES: dict[str, Callable[[], solvers.Solver]] = {
+    **{cls.__name__: functools.partial(make, cls) for cls in ALL},
+    "DPMSolverPP3M-exact": functools.partial(
+        DPMSolverPP3M, lower_order_final=False, coefficient="exact"
+    ),
+}
+
+
 @pytest.mark.parametrize("sde_name", ["vp", "ve", "edm"])
-@pytest.mark.parametrize("cls", ALL, ids=IDS)
-def test_convergence_order(cls: type[solvers.Solver], sde_name: str) -> None:
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_convergence_order(case: str, sde_name: str) -> None:
+    factory = ORDER_CASES[case]
     ns = [32, 64, 128]
-    assert_order(ns, gaussian_errors(cls, sde_name, ns), cls.order)
+    assert_order(ns, gaussian_errors(factory, sde_name, ns), factory().convergence_order)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("cls", ALL, ids=IDS)
-def test_convergence_order_sweep(cls: type[solvers.Solver], sde_name: str) -> None:
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_convergence_order_sweep(case: str, sde_name: str) -> None:
+    factory = ORDER_CASES[case]
     ns = [32, 64, 128, 256, 512]
-    assert_order(ns, gaussian_errors(cls, sde_name, ns), cls.order)
+    assert_order(ns, gaussian_errors(factory, sde_name, ns), factory().convergence_order)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("cls", ALL, ids=IDS)
-def test_convergence_order_full_range(cls: type[solvers.Solver], sde_name: str) -> None:
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_convergence_order_full_range(case: str, sde_name: str) -> None:
     """T -> t_min: at least the declared order; 3M superconverges here (see LAMBDA_END)."""
+    factory = ORDER_CASES[case]
+    declared = factory().convergence_order
     ns = [32, 64, 128, 256]
-    errors = gaussian_errors(cls, sde_name, ns, full_range=True)
-    if cls is not DPMSolverPP3M:
-        assert_order(ns, errors, cls.order)
+    errors = gaussian_errors(factory, sde_name, ns, full_range=True)
+    if not case.startswith("DPMSolverPP3M"):
+        assert_order(ns, errors, declared)
     order = order_slope(ns, errors)
-    assert order >= cls.order - ORDER_TOL, f"measured order {order:.3f}, declared {cls.order}"
+    assert order >= declared - ORDER_TOL, f"measured order {order:.3f}, declared {declared}"
 
 
 def test_ddim_is_not_exact_on_a_gaussian_but_converges() -> None:
@@ -145,16 +165,56 @@ def test_ddim_is_not_exact_on_a_gaussian_but_converges() -> None:
     assert errors[2] < errors[1] < errors[0]
 
 
-def test_order_harness_catches_the_reference_3m_coefficient(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_reference_coefficient_of_3m_is_second_order() -> None:
     """dpm-solver / diffusers weight D2 by h phi_3(-h) where the quadratic's exact integral
-    needs 2 h phi_3(-h). With that coefficient (phi_3 halved) the measured order drops to 2:
-    the order test would catch it, and DPMSolverPP3M deliberately differs from them."""
-    original = expo.phi
-    monkeypatch.setattr(expo, "phi", lambda k, z: original(k, z) * (0.5 if k == 3 else 1.0))
+    needs 2 h phi_3(-h): DPMSolverPP3M(coefficient="lu") measures order 2, the exact
+    coefficient 3 (the order harness tells them apart)."""
     ns = [32, 64, 128]
-    assert_order(ns, gaussian_errors(DPMSolverPP3M, "vp", ns), 2)
+    lu = functools.partial(DPMSolverPP3M, lower_order_final=False, coefficient="lu")
+    exact = functools.partial(DPMSolverPP3M, lower_order_final=False, coefficient="exact")
+    assert_order(ns, gaussian_errors(lu, "vp", ns), 2)  # type: ignore[arg-type]
+    assert_order(ns, gaussian_errors(exact, "vp", ns), 3)  # type: ignore[arg-type]
+    assert DPMSolverPP3M(coefficient="lu", lower_order_final=False).convergence_order == 2
+    assert DPMSolverPP3M(coefficient="exact", lower_order_final=False).convergence_order == 3
+    # the default (lu, final-step rule always on) and the exact one with the rule: order 2
+    assert DPMSolverPP3M().coefficient == "lu" and DPMSolverPP3M().convergence_order == 2
+    assert DPMSolverPP3M(coefficient="exact").convergence_order == 2
+    with pytest.raises(ValueError, match="coefficient must be 'exact' or 'lu'"):
+        DPMSolverPP3M(coefficient="half")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("coefficient", ["lu", "exact"])
+def test_dpmpp_3m_matches_the_reference_third_order_update(coefficient: str) -> None:
+    """The third-order step written out as in dpm-solver's ``multistep_dpm_solver_third_update``
+    (data prediction; Lu et al. 2022b): with phi_1 = expm1(-h), phi_2 = phi_1 / h + 1,
+    phi_3 = phi_2 / h - 1/2, x_t = (sigma_t / sigma_0) x - alpha_t phi_1 m0 + alpha_t phi_2 D1
+    - w alpha_t phi_3 D2, where w = 1 there ("lu") and 2 for the exact integral."""
+    sde = sd.VPSDE(t_min=1e-3)
+    term = solvers.DenoiserTerm(toy_denoiser, sde)
+    ts = grid(sde, 5)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(12), dtype=F64)
+    solver = DPMSolverPP3M(lower_order_final=False, coefficient=coefficient)  # type: ignore[arg-type]
+    sol = solvers.integrate(solver, term, x, ts, save_path=True)
+    assert sol.path is not None
+    lam, alpha, sigma = sde.log_snr(ts) / 2, sde.alpha(ts), sde.sigma(ts)
+    m = [toy_denoiser(sol.path[j], ts[j]) for j in range(5)]
+    w = 1.0 if coefficient == "lu" else 2.0
+    for i in (2, 3, 4):  # the third-order steps (steps 0 and 1 are the warm-up)
+        h, h_0, h_1 = lam[i + 1] - lam[i], lam[i] - lam[i - 1], lam[i - 1] - lam[i - 2]
+        r0, r1 = h_0 / h, h_1 / h
+        d1_0, d1_1 = (m[i] - m[i - 1]) / r0, (m[i - 1] - m[i - 2]) / r1
+        d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi_1 = torch.expm1(-h)
+        phi_2 = phi_1 / h + 1.0
+        phi_3 = phi_2 / h - 0.5
+        x_next = (
+            sigma[i + 1] / sigma[i] * sol.path[i]
+            - alpha[i + 1] * phi_1 * m[i]
+            + alpha[i + 1] * phi_2 * d1
+            - w * alpha[i + 1] * phi_3 * d2
+        )
+        torch.testing.assert_close(sol.path[i + 1], x_next, rtol=1e-9, atol=1e-11)
 
 
 # ----------------------------------------------------------------------------- mixture, K > 1
@@ -186,9 +246,13 @@ def check_mixture(sde_name: str) -> None:
     oracle, ref = mixture_reference(sde, x_T)
     term = solvers.DenoiserTerm(oracle.x0, sde)
     ts = grid(sde, 200)
-    for cls in ALL:
-        err = (solvers.integrate(cls(), term, x_T, ts).x - ref).abs().max().item()
-        assert err < MIX_TOL[cls.order], f"{cls.__name__}: error {err:.2e}"
+    for cls in ALL:  # defaults: 2M and 3M are then second order (see test_lower_order_final)
+        solver = cls()
+        err = (solvers.integrate(solver, term, x_T, ts).x - ref).abs().max().item()
+        assert err < MIX_TOL[solver.convergence_order], f"{cls.__name__}: error {err:.2e}"
+    exact = DPMSolverPP3M(lower_order_final=False, coefficient="exact")
+    err = (solvers.integrate(exact, term, x_T, ts).x - ref).abs().max().item()
+    assert err < MIX_TOL[3], f"exact 3M: error {err:.2e}"
 
 
 def test_mixture_agrees_with_dop853_vp() -> None:
@@ -299,20 +363,22 @@ def test_multistep_orders() -> None:
 
 @pytest.mark.parametrize("cls", MULTISTEP, ids=["2M", "3M"])
 def test_lower_order_final(cls: type[solvers.Solver]) -> None:
-    """None (default), fewer than 15 steps: the last step is a DDIM step (and for 3M the one
-    before is second order); at >= 15 steps None changes nothing while True still lowers the
-    final orders (the same rule as UniPC's, with its own threshold)."""
+    """True (the default, chosen by bench/grid_sweep.py): the last step is a DDIM step (and for
+    3M the one before is second order) at every step count; None: only below 15 steps (the
+    same rule as UniPC's, with its own threshold); False: never."""
     term = solvers.DenoiserTerm(toy_denoiser, SCHEDULE)
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
-    assert cls().lower_order_final is None and cls.lower_order_final_steps == 15
+    assert cls().lower_order_final is True and cls.lower_order_final_steps == 15
     for n, expect_change in ((6, True), (16, False)):
         ts = grid(SCHEDULE, n)
-        auto = solvers.integrate(cls(), term, x, ts)
+        auto = solvers.integrate(cls(lower_order_final=None), term, x, ts)
         off = solvers.integrate(cls(lower_order_final=False), term, x, ts)
         always = solvers.integrate(cls(lower_order_final=True), term, x, ts)
+        default = solvers.integrate(cls(), term, x, ts)
         assert torch.equal(auto.x, off.x) is not expect_change
-        assert not torch.equal(always.x, off.x)
-        assert cls().init(term, ts, x).table.orders == multistep_orders(n, cls.order, None, 15)
+        assert not torch.equal(always.x, off.x) and torch.equal(default.x, always.x)
+        state = cls(lower_order_final=None).init(term, ts, x)
+        assert state.table.orders == multistep_orders(n, cls.order, None, 15)
         state = cls(lower_order_final=True).init(term, ts, x)
         assert state.table.orders == multistep_orders(n, cls.order, True)
     with pytest.raises(TypeError, match="lower_order_final"):
@@ -553,7 +619,7 @@ def test_builtins() -> None:
     }
     for name, cls in BUILTINS.items():
         solvers.check_solver_class(cls)
-        assert cls.default_grid == "logsnr" and cls.term_type is solvers.DenoiserTermLike
+        assert cls.term_type is solvers.DenoiserTermLike
         assert cls.stochastic is False
         assert name in expo.__all__ or cls.__name__ in expo.__all__
     orders = {name: cls.order for name, cls in BUILTINS.items()}

@@ -424,7 +424,7 @@ def test_one_and_two_step_solves_are_finite(
 ) -> None:
     sde = {"vp-default": sd.VPSDE(), "ve": sd.VESDE(), "edm": sd.EDMSDE()}[sde_name]
     term, x_T = _pf_problem(sde, dtype=torch.float32)
-    ts = solvers.make_grid(solver.default_grid, sde, sde.T, sde.t_min, n)
+    ts = solvers.make_grid(solver.grid_for(sde, sde.T, sde.t_min), sde, sde.T, sde.t_min, n)
     sol = integrate(solver, term, x_T, ts)
     assert sol.x.shape == x_T.shape and bool(torch.isfinite(sol.x).all())
 
@@ -453,7 +453,7 @@ def test_class_attributes_and_builtins() -> None:
         solvers.check_solver_class(cls)
         assert (cls.order, cls.evals_per_step, cls.stochastic) == (4, 1, False)
         assert cls.term_type is solvers.ODETermLike
-        assert cls.default_grid == "karras"
+        assert (cls.default_grid, cls.default_grid_vp) == ("logsnr", "quadratic")
         assert cls().max_order == 4
 
 

@@ -105,7 +105,7 @@ def test_nfe_shape_dtype(cls: type[solvers.Solver], n: int, shape: tuple[int, ..
     oracle = gaussian_oracle(sde)
     solver = cls()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))  # float32
-    ts = solvers.make_grid(cls.default_grid, sde, sde.T, sde.t_min, n)
+    ts = solvers.make_grid(solver.grid_for(sde, sde.T, sde.t_min), sde, sde.T, sde.t_min, n)
     sol = solvers.integrate(solver, term_for(cls, oracle), x, ts, generator=torch.Generator())
     assert sol.nfe == solver.nfe_for_steps(n)
     assert sol.x.shape == shape and sol.x.dtype == torch.float32
@@ -314,13 +314,13 @@ def test_weak_order(solver: solvers.Solver, key: str, grid: str, at_least: bool)
 @pytest.mark.parametrize("key", list(SDES))
 @pytest.mark.parametrize("cls", ALL, ids=IDS)
 def test_weak_order_sweep(cls: type[solvers.Solver], key: str) -> None:
-    """Every method and SDE on the method's default grid: the weak error decreases at least at
-    the declared order (EDM with the 'uniform' grid of EM/RD/ancestral is far from asymptotic
-    below 256 steps: 'logsnr' is used there)."""
+    """Every method and SDE on the method's default grid (``grid_for``): the weak error
+    decreases at least at the declared order."""
     solver = cls(lower_order_final=False) if cls in (DPMSolverPP2MSDE, DPMSolverPP3MSDE) else cls()
     if cls is EDMStochastic:
         solver = EDMStochastic(S_churn=10.0)
-    grid = "logsnr" if key == "edm" and cls.default_grid == "uniform" else cls.default_grid
+    sde = SDES[key]()
+    grid = solver.grid_for(sde, sde.T, sde.t_min)
     ns = [64, 128, 256]
     errors = _weak_errors(solver, key, grid, ns)
     assert slope(ns, errors) > cls.weak_order - 0.35, errors
@@ -334,7 +334,7 @@ def test_samples_have_the_method_moments(cls: type[solvers.Solver]) -> None:
     solver = cls()
     term = term_for(cls, gaussian_oracle(sde))
     m_t, p_t = gaussian_marginal(sde, sde.T)
-    ts = solvers.make_grid(cls.default_grid, sde, sde.T, sde.t_min, 128)
+    ts = solvers.make_grid(solver.grid_for(sde, sde.T, sde.t_min), sde, sde.T, sde.t_min, 128)
     mean, cov = exact_moments(solver, term, m_t, p_t, ts)
     n = 20000
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,19 @@ from hypothesis import strategies as st
 from solver_helpers import EDMSchedule
 from torch import Tensor
 
-from solvers import GRIDS, Schedule, as_grid, karras, log_snr_uniform, make_grid, quadratic, uniform
+import scoresde as sd
+import solvers
+from solvers import (
+    GRIDS,
+    Schedule,
+    as_grid,
+    karras,
+    log_snr_uniform,
+    make_grid,
+    quadratic,
+    schedule_kind,
+    uniform,
+)
 
 F64 = torch.float64
 
@@ -262,3 +274,82 @@ def test_as_grid_errors_and_conversion() -> None:
 def test_too_fine_grid_is_reported() -> None:
     with pytest.raises(ValueError, match="strictly monotone"):
         uniform(1.0, 1.0 + 1e-15, 100)
+
+
+# --------------------------------------------------------------------------- default grids
+def test_schedule_kind_tells_decaying_signal_from_pure_noise() -> None:
+    """alpha varies (VP-type) or is constant (VE-type), read at the two ends of the interval."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
+    for sde in (sd.VPSDE(), sd.SubVPSDE(), sd.CosineVPSDE(), sd.VPSDE.from_discrete(betas)):
+        assert schedule_kind(sde, sde.T, sde.t_min) == "vp"
+        assert schedule_kind(sde, sde.t_min, sde.T) == "vp"  # either direction
+    for sde in (sd.VESDE(), sd.EDMSDE()):
+        assert schedule_kind(sde, sde.T, sde.t_min) == "ve"
+    assert schedule_kind(VP, 0.99, 0.01) == "vp" and schedule_kind(EDM, 80.0, 0.002) == "ve"
+
+
+# The defaults chosen by bench/grid_sweep.py (docs/solvers.md, "Default time grids"):
+# method -> (grid under a VP-type schedule, grid under a VE-type schedule).
+DEFAULT_GRIDS = {
+    "euler": ("quadratic", "karras"),
+    "heun": ("quadratic", "karras"),
+    "midpoint": ("quadratic", "karras"),
+    "rk4": ("quadratic", "karras"),
+    "ipndm": ("quadratic", "logsnr"),
+    "ipndm_v": ("quadratic", "logsnr"),
+    "ddim": ("quadratic", "karras"),
+    "dpm_solver_2": ("quadratic", "karras"),
+    "dpm_solver_3": ("quadratic", "logsnr"),
+    "dpmpp_2s": ("quadratic", "logsnr"),
+    "dpmpp_2m": ("quadratic", "logsnr"),
+    "dpmpp_3m": ("quadratic", "logsnr"),
+    "unipc": ("quadratic", "logsnr"),
+    "plms": ("quadratic", "logsnr"),
+    "deis": ("logsnr", "logsnr"),
+}
+
+
+# the Runge-Kutta / Adams methods in EDM variables (solvers.EDMVariables)
+EDM_VARIABLES_GRIDS = {
+    "euler": ("quadratic", "karras"),
+    "heun": ("uniform", "karras"),
+    "midpoint": ("quadratic", "karras"),
+    "rk4": ("karras", "karras"),
+    "ipndm": ("quadratic", "logsnr"),
+    "ipndm_v": ("quadratic", "karras"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(DEFAULT_GRIDS))
+def test_default_grids_depend_on_the_kind_of_schedule(method: str) -> None:
+    solver = solvers.get_solver(method)
+    vp_grid, ve_grid = DEFAULT_GRIDS[method]
+    for sde in (sd.VPSDE(), sd.CosineVPSDE()):
+        assert solver.grid_for(sde, sde.T, sde.t_min) == vp_grid
+    for sde in (sd.VESDE(), sd.EDMSDE()):
+        assert solver.grid_for(sde, sde.T, sde.t_min) == ve_grid
+    assert solver.grid_for(None, 1.0, 0.0) == ve_grid == type(solver).default_grid
+    if method in EDM_VARIABLES_GRIDS:  # the same method in EDM variables: measured separately
+        wrapped = solvers.EDMVariables(solver)
+        vp_grid, ve_grid = EDM_VARIABLES_GRIDS[method]
+        assert wrapped.grid_for(sd.VPSDE(), 1.0, 1e-5) == vp_grid
+        assert wrapped.grid_for(sd.EDMSDE(), 80.0, 0.002) == ve_grid
+    else:
+        assert type(solver).term_type is solvers.DenoiserTermLike
+
+
+def test_edm_variables_of_a_user_solver_use_its_own_defaults() -> None:
+    class Custom(solvers.Euler):
+        edm_variables_grids = None
+        default_grid_vp = "uniform"
+
+    wrapped = solvers.EDMVariables(Custom())
+    assert wrapped.grid_for(sd.VPSDE(), 1.0, 1e-5) == "uniform"
+    assert wrapped.grid_for(sd.EDMSDE(), 80.0, 0.002) == "karras"
+
+
+def test_every_fixed_step_ode_method_has_a_documented_default() -> None:
+    fixed_odes = {
+        name for name, cls in solvers.SOLVERS.items() if not cls.stochastic and not cls.adaptive
+    }
+    assert fixed_odes == set(DEFAULT_GRIDS)

@@ -92,12 +92,14 @@ def _declared(solver: solvers.Solver) -> int:
     return solver.convergence_order if isinstance(solver, UniPC) else solver.order
 
 
+# UniPC without the final-step rule (its default lowers the last order and caps the order at
+# 2): the orders measured are those of UniP-p / UniC-p themselves
 CONFIGS: dict[str, Callable[[], solvers.Solver]] = {
-    "unipc": lambda: UniPC(),
-    "unipc_bh1": lambda: UniPC(variant="bh1"),
-    "unipc_3": lambda: UniPC(order=3),
-    "unipc_1": lambda: UniPC(order=1),
-    "unip_2": lambda: UniPC(corrector=False),
+    "unipc": lambda: UniPC(lower_order_final=False),
+    "unipc_bh1": lambda: UniPC(variant="bh1", lower_order_final=False),
+    "unipc_3": lambda: UniPC(order=3, lower_order_final=False),
+    "unipc_1": lambda: UniPC(order=1, lower_order_final=False),
+    "unip_2": lambda: UniPC(corrector=False, lower_order_final=False),
     "plms": lambda: PLMS(),
     "deis": lambda: DEIS(),
     "deis_2": lambda: DEIS(order=2),
@@ -332,28 +334,30 @@ def test_unipc_matches_official_algorithm(
 
 
 def test_unipc_step_orders() -> None:
-    assert UniPC().step_orders(5) == [1, 2, 2, 2, 1]  # < 10 steps: lower order final
-    assert UniPC().step_orders(10) == [1] + [2] * 9
+    assert UniPC().step_orders(5) == [1, 2, 2, 2, 1]  # default: lower order final, always
+    assert UniPC().step_orders(10) == [1] + [2] * 8 + [1]
+    assert UniPC(lower_order_final=None).step_orders(9) == [1] + [2] * 7 + [1]  # < 10 steps
+    assert UniPC(lower_order_final=None).step_orders(10) == [1] + [2] * 9
     assert UniPC(order=3).step_orders(6) == [1, 2, 3, 3, 2, 1]
     assert UniPC(order=3, lower_order_final=True).step_orders(12)[-3:] == [3, 2, 1]
     assert UniPC(order=3, lower_order_final=False).step_orders(4) == [1, 2, 3, 3]
-    assert UniPC().convergence_order == 3
-    assert UniPC(order=3, corrector=False).convergence_order == 3
+    assert UniPC(lower_order_final=False).convergence_order == 3
+    assert UniPC(lower_order_final=None).convergence_order == 3  # the rule only below 10 steps
+    assert UniPC().convergence_order == 2  # the first-order last step caps it
+    assert UniPC(order=3, corrector=False, lower_order_final=False).convergence_order == 3
 
 
 @pytest.mark.parametrize("lower", [None, True, False])
 @pytest.mark.parametrize("n", [5, 9, 10, 12, 14, 15, 20])
 def test_lower_order_final_means_the_same_as_for_dpm_solver_pp(lower: bool | None, n: int) -> None:
-    """One rule (solvers.exponential.multistep_orders) for UniPC and DPM-Solver++(2M)/(3M):
-    True always, False never, None below the class's lower_order_final_steps (UniPC 10,
-    DPM-Solver++ 15)."""
-    assert (UniPC.lower_order_final_steps, DPMSolverPP2M.lower_order_final_steps) == (10, 15)
+    """One rule (solvers.exponential.multistep_orders) for UniPC, DPM-Solver++(2M)/(3M) and
+    DEIS: True always, False never, None below the class's lower_order_final_steps."""
     prob = _problem("vp", full_range=True)
     ts = prob.grid(n)
     for order in (2, 3):
         want = multistep_orders(n, order, lower, UniPC.lower_order_final_steps)
         assert tuple(UniPC(order=order, lower_order_final=lower).step_orders(n)) == want
-    for cls in (DPMSolverPP2M, DPMSolverPP3M):
+    for cls in (DPMSolverPP2M, DPMSolverPP3M, DEIS):
         want = multistep_orders(n, cls.order, lower, cls.lower_order_final_steps)
         assert cls(lower_order_final=lower).init(prob.term, ts, prob.x_T).table.orders == want
 
@@ -422,6 +426,7 @@ def test_state_is_explicit() -> None:
         (lambda: UniPC(corrector=1), TypeError),  # type: ignore[arg-type]
         (lambda: DEIS(order=0), ValueError),
         (lambda: DEIS(order=2.0), TypeError),  # type: ignore[arg-type]
+        (lambda: DEIS(lower_order_final="yes"), TypeError),  # type: ignore[arg-type]
     ],
 )
 def test_invalid_options(factory: Callable[[], object], error: type[Exception]) -> None:
