@@ -18,11 +18,14 @@ loader of the accuracy benchmark), each peer run as a user would write its loop;
 ``ours / peer`` ratio of two overhead ratios compares the two at equal NFE (per evaluation, so
 a peer that spends one evaluation more or less is still compared fairly).
 
-The problem: the discrete DDPM chain that diffusers uses (linear betas 1e-4..0.02, N = 1000)
-for everyone (ours: ``sd.VPSDE.from_discrete`` of the scheduler's own ``alphas_cumprod``, via
-``peer_samplers.diffusers_chain_sde``), an eps-predicting network with random weights (the
-zero-initialised output layers of the U-Net re-drawn, so that the output is not identically
-0): the cost of a forward does not depend on what the weights are.
+The problem: the DDPM noise schedule that diffusers uses (linear betas 1e-4..0.02, N = 1000):
+the peers use their own discrete tables; ours (``--sde``) the continuous-time VP SDE of the same
+betas, ``sd.VPSDE(beta_min=0.1, beta_max=20, t_min=1/N)`` (default ``vp``), or the chain itself,
+``sd.VPSDE.from_discrete`` of the scheduler's ``alphas_cumprod`` (``chain``, as the accuracy
+benchmark; note: its float64 primitives index the knot tables with a 0-d tensor, one host
+synchronisation each on CUDA, reported separately). The network predicts eps and has random
+weights (the zero-initialised output layers of the U-Net re-drawn, so that the output is not
+identically 0): the cost of a forward does not depend on what the weights are.
 
 Networks (``--nets``):
 
@@ -904,6 +907,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Sampling speed, device {result['device']} "
         f"({m.get('gpu') or m['cpu']}), torch {m['torch']}, {m['threads']} thread(s), "
+        f"our SDE {result['args'].get('sde', 'chain')}, "
         f"dtype {result['args']['dtype']}, compile {result['args']['compile']}"
         f"{' (' + result['args']['compile_mode'] + ')' if result['args']['compile'] else ''}, "
         f"load average {result['load_start']} (start) / {result['load_end']} (end), "
@@ -1094,6 +1098,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--methods", default="", help="comma-separated subset of our methods")
     ap.add_argument("--no-peers", action="store_true", help="ours only")
     ap.add_argument(
+        "--sde",
+        choices=("vp", "chain"),
+        default="vp",
+        help="our SDE: the continuous VP SDE of the DDPM betas, or the discrete chain",
+    )
+    ap.add_argument(
         "--adaptive-tol", type=float, default=None, help="rtol = atol of adaptive methods (1e-3)"
     )
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; quick 3)")
@@ -1133,7 +1143,10 @@ def main(argv: list[str] | None = None) -> None:
     unet_batches = (
         tuple(int(v) for v in args.unet_batches.split(",")) if args.unet_batches else None
     )
-    sde = peers.diffusers_chain_sde()
+    if args.sde == "chain":
+        sde: Any = peers.diffusers_chain_sde()
+    else:
+        sde = sd.VPSDE(beta_min=0.1, beta_max=20.0, t_min=1.0 / N_TRAIN)
     import diffusers
 
     ac = diffusers.DDIMScheduler(

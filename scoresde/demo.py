@@ -928,15 +928,88 @@ def _progressive_figure(ctx: DemoContext, loaded: Any, ds: Dataset, x: Tensor, t
     return path
 
 
+def _stage_solvers(ctx: DemoContext) -> Section:
+    """The solver comparison (:func:`scoresde.compare_solvers`) on the trained model: endpoint
+    error against a tight adaptive reference solve from the same noise, distances to the test
+    split, the Pareto front and a recommendation per budget; then the recommended method's
+    time grid at the smallest budget tuned on a calibration batch (:func:`scoresde.tune_grid`)
+    and saved for ``scoresde sample --grid``."""
+    from scoresde.selection import compare_solvers, tune_grid
+
+    loaded, ds = ctx.model_and_data()
+    smoke = ctx.options.smoke
+    methods = (
+        ("euler", "heun", "dpmpp_2m")
+        if smoke
+        else ("euler", "heun", "dpmpp_2m", "unipc", "ipndm", "plms")
+    )
+    budgets = (4, 8) if smoke else (5, 10, 20)
+    n = 16 if smoke else 64
+    tol = 1e-4  # float32 network: the reference is ~30x tighter than the best run at 20 NFE
+    seed = _eval_seed(ctx.options, 4)
+    ctx.say(f"[solvers] {len(methods)} ODE solvers x NFE {list(budgets)}, {n} samples each")
+    report = compare_solvers(
+        loaded.model,
+        methods=list(methods),
+        nfe=budgets,
+        grids=("default",) if smoke else ("default", "logsnr"),
+        n=n,
+        reference_tol=tol,
+        data=ds.test.float(),
+        generator=torch.Generator().manual_seed(seed),
+        progress=ctx.progress,
+    )
+    out = ctx.run_dir / "solvers"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report.to_markdown() + "\n")
+    report.to_csv(out / "report.csv")
+    report.to_json(out / "report.json")
+    fig = report.plot(out / "error_vs_nfe.png")
+    del fig
+    ctx.figures.append(out / "error_vs_nfe.png")
+    rec = report.recommendation(budgets[0])
+    tuned = tune_grid(
+        loaded.model,
+        rec.method,
+        rec.budget,
+        n=16 if smoke else 64,
+        n_held_out=16 if smoke else 64,
+        iterations=5 if smoke else 30,
+        reference_tol=tol,
+        shape=ds.shape,
+        generator=torch.Generator().manual_seed(seed + 1),
+        progress=ctx.progress,
+    )
+    grid_file = tuned.save(out / f"grid_{rec.method}_nfe{rec.budget}.json")
+    ctx.values["solver_best_error"] = rec.value
+    body = (
+        f"Every method on its default grid{'' if smoke else ' and on the logsnr grid'}"
+        f" at each budget, {n} samples from the same initial noise; endpoint error |x - x_ref| "
+        f"/ sqrt(D) against a {report.reference.method} solve at rtol {report.reference.rtol:g} "
+        f"({report.reference.nfe} NFE), distances against the test split. Full report: "
+        f"[`solvers/report.md`](solvers/report.md) (CSV and JSON beside it); re-run it with "
+        f"`scoresde bench {ctx.run_dir}`.\n\n"
+        + report.summary().replace("## ", "#### ")
+        + f"\n\n![error against NFE]({ctx.rel(out / 'error_vs_nfe.png')})\n\n"
+        f"**Tuned time grid** for `{rec.method}` at NFE {rec.budget} (softmax increments in "
+        f"log-SNR, {tuned.optimizer}, {tuned.evaluations} solves of a {tuned.n_calibration}-"
+        f"sample calibration batch, {tuned.seconds:.1f} s): calibration RMS error "
+        f"{tuned.calibration_start:.4g} -> {tuned.calibration_tuned:.4g}; on held-out noise "
+        f"{tuned.held_out_start.rmse:.4g} -> {tuned.held_out_tuned.rmse:.4g} (a gain of "
+        f"{tuned.held_out_gain:.2f}x; below 1 the tuning overfitted the calibration batch and "
+        f"the default grid should be kept). Saved as `{ctx.rel(grid_file)}`: "
+        f"`scoresde sample {ctx.run_dir} --method {rec.method} --nfe {rec.budget} --grid "
+        f"{grid_file}`."
+    )
+    return Section("Choosing a solver for this model", body)
+
+
 DEFAULT_STAGES: tuple[Stage, ...] = (
     Stage("train", _stage_train),
     Stage("samples", _stage_samples),
     Stage("likelihood", _stage_likelihood),
     Stage("rate-distortion", _stage_rate_distortion),
-    # Extension point (issue 10): the solver comparison -- `sd.compare_solvers` on the trained
-    # model, with its error-vs-NFE plot -- plugs in here as one more Stage whose function takes
-    # the DemoContext (`ctx.model_and_data()`, `ctx.run_dir`, `ctx.figures`, `ctx.say`) and
-    # returns a Section.
+    Stage("solvers", _stage_solvers),
 )
 """The stages of ``scoresde demo``, in order."""
 

@@ -151,7 +151,7 @@ def test_demo_smoke_end_to_end_through_the_cli(tmp_path, capsys):
     assert f"report:     {out / 'report.md'}" in printed
     report = _report(out)
     assert "**Status: complete**" in report
-    for title in ("Training", "Samples", "Test bits/dim", "Rate-distortion"):
+    for title in ("Training", "Samples", "Test bits/dim", "Rate-distortion", "Choosing a solver"):
         assert re.search(rf"^## \d\. {title}", report, re.M), title
     # the report's numbers are the run's: the printed bits/dim appear in its table
     m = re.search(r"test bits/dim: PF-ODE (\S+), ELBO (\S+)", printed)
@@ -161,7 +161,18 @@ def test_demo_smoke_end_to_end_through_the_cli(tmp_path, capsys):
         assert f"`{method}`" in report
     # every linked figure exists and is a PNG
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"loss.png", "samples.png", "rate_distortion.png"} <= set(links)
+    assert {"loss.png", "samples.png", "rate_distortion.png", "solvers/error_vs_nfe.png"} <= set(
+        links
+    )
+    # the solver comparison: its report re-reads, its recommendation is the Pareto-optimal
+    # entry, and the tuned grid file drives `scoresde sample --grid`
+    rep = sd.SolverReport.from_json(out / "solvers" / "report.json")
+    rec = rep.recommendation(4)
+    assert rec.value == min(getattr(r, rep.metric) for r in rep.pareto_front() if r.nfe <= 4)
+    assert f"| 4 | `{rec.method}` |" in report
+    grid_file = out / "solvers" / f"grid_{rec.method}_nfe4.json"
+    assert cli.main(["sample", str(out), "--method", rec.method, "--nfe", "4", "--n", "5",
+                     "--grid", str(grid_file), "--out", str(tmp_path / "g.npz")]) == 0  # fmt: skip
     for link in links:
         assert (out / link).read_bytes()[:8] == PNG_MAGIC
     assert len(list((out / "samples").glob("*_nfe*.png"))) == 8
@@ -233,11 +244,12 @@ def test_a_failing_stage_leaves_a_report_and_propagates(tmp_path):
 
 
 def test_custom_stages_and_the_default_list(tmp_path):
-    assert [s.name for s in DEFAULT_STAGES][:4] == [
+    assert [s.name for s in DEFAULT_STAGES] == [
         "train",
         "samples",
         "likelihood",
         "rate-distortion",
+        "solvers",
     ]
     seen = []
 
