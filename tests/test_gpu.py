@@ -230,3 +230,19 @@ def test_cuda_samples_match_cpu(method: str) -> None:
         assert res.x.device.type == device and res.x.dtype == torch.float32
         out[device] = res.x.cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-4, atol=1e-4)
+
+
+def test_discrete_chain_schedule_reads_no_tensor_on_the_host() -> None:
+    """``VPSDE.from_discrete`` looks up its knots with ``Tensor.take``: a 0-d time makes no more
+    Tensor -> Python conversions than under ``VPSDE`` (a 0-d index tensor used as ``table[k]``
+    is read on the host: one synchronisation per lookup on CUDA)."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    chain, vp = sd.VPSDE.from_discrete(betas), sd.VPSDE()
+    t = torch.tensor(0.37, dtype=torch.float64)
+    counts = []
+    for sde in (chain, vp):
+        with _SyncCounter() as c:
+            for _ in range(3):
+                sde._log_alpha(t), sde._f(t), sde._t_from_log_alpha(sde._log_alpha(t))
+        counts.append(c.count)
+    assert counts[0] <= counts[1], counts

@@ -315,17 +315,18 @@ class DiscreteVPSDE(VPFamily):
     def _log_alpha(self, t: Tensor) -> Tensor:
         knot_t, knot_la, slopes = self._knots(t.device)
         k = self._segment(t, knot_t)
-        return knot_la[k] + slopes[k] * (t - knot_t[k])
+        # Tensor.take, not [k]: a 0-d index tensor would be read on the host (a sync on CUDA)
+        return knot_la.take(k) + slopes.take(k) * (t - knot_t.take(k))
 
     def _f(self, t: Tensor) -> Tensor:
         knot_t, _, slopes = self._knots(t.device)
-        return slopes[self._segment(t, knot_t)]
+        return slopes.take(self._segment(t, knot_t))
 
     def _t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
         knot_t, knot_la, slopes = self._knots(log_alpha.device)
         idx = torch.searchsorted(-knot_la, (-log_alpha).contiguous(), right=True)
         k = (idx - 1).clamp(0, self.num_steps - 1)
-        return knot_t[k] + (log_alpha - knot_la[k]) / slopes[k]
+        return knot_t.take(k) + (log_alpha - knot_la.take(k)) / slopes.take(k)
 
     def discretize(self, N: int) -> DiscreteChain:  # noqa: N803
         """The chain at ``t_i = i / N``; for N equal to the source chain's length, that chain."""
