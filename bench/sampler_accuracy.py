@@ -83,24 +83,13 @@ def make_gmm(dim: int, seed: int) -> sd.GaussianMixture:
     2-D: 8 components on a circle of radius 1.5, eigenvalues of the covariances log-uniform
     in [0.003, 0.05], random rotations, random weights. 64-D: 16 components with means
     N(0, 0.8^2 I), eigenvalues log-uniform in [0.01, 0.3], random rotations, random weights.
-    Coordinates are O(1), the usual data scale of a VP model.
+    Coordinates are O(1), the usual data scale of a VP model. The same mixtures are the
+    library's built-in oracles ``gmm2d`` / ``gmm64d`` (``sd.builtin_oracle``), built by one
+    function.
     """
-    g = torch.Generator().manual_seed(seed)
-    if dim == 2:
-        k, lo, hi = 8, 0.003, 0.05
-        ang = 2 * math.pi * torch.arange(k, dtype=_F64) / k
-        means = 1.5 * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
-    else:
-        k, lo, hi = 16, 0.01, 0.3
-        means = 0.8 * torch.randn(k, dim, generator=g, dtype=_F64)
-    lam = torch.exp(
-        math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(k, dim, generator=g, dtype=_F64)
-    )
-    q, _ = torch.linalg.qr(torch.randn(k, dim, dim, generator=g, dtype=_F64))
-    covs = q @ torch.diag_embed(lam) @ q.transpose(-1, -2)
-    covs = 0.5 * (covs + covs.transpose(-1, -2))
-    weights = 0.5 + torch.rand(k, generator=g, dtype=_F64)
-    return sd.GaussianMixture(weights / weights.sum(), means, covs)
+    from scoresde.selection import _anisotropic_gmm
+
+    return _anisotropic_gmm(dim, seed)
 
 
 @dataclass
