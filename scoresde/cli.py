@@ -483,7 +483,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     _configure_logging(True)
     res = run_demo(options)
-    figures = ", ".join(str(p) for p in res.figures if p.parent == res.run_dir)
+    figures = ", ".join(
+        str(p) for p in res.figures if p.parent == res.run_dir or p.parent.name == "solvers"
+    )
     lines = [
         ("demo interrupted during " + str(res.interrupted_stage) + ": partial report")
         if res.interrupted_stage
@@ -493,6 +495,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         + (f" (and {res.run_dir / 'samples'}/)" if (res.run_dir / "samples").is_dir() else ""),
         f"checkpoint: {res.checkpoint or '-'}",
     ]
+    if (res.run_dir / "solvers" / "report.md").is_file():
+        lines.append(f"solvers:    {res.run_dir / 'solvers' / 'report.md'} (tuned grid beside it)")
     if res.bpd_ode is not None:
         lines.append(f"test bits/dim: PF-ODE {res.bpd_ode:.4f}, ELBO {res.bpd_elbo:.4f}")
     print("\n".join(lines), flush=True)
