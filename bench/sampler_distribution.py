@@ -213,8 +213,7 @@ def make_setting(kind: str, dim: int, n: int, seed: int) -> Setting:
     s = Setting(f"{kind}_{dim}d", kind, dim, n, gmm, sde, gmm.score_model(sde))
     # one kernel length per problem: the median pairwise distance of an exact sample
     y = s.exact(2000, torch.Generator().manual_seed(10_000 + seed))
-    d = torch.pdist(y)
-    s.mmd_scale = float(d.median())
+    s.mmd_scale = sd.metrics.median_distance(y)
     return s
 
 

@@ -587,7 +587,7 @@ def _draw(
 def _stage_samples(ctx: DemoContext) -> Section:
     from tqdm.auto import tqdm
 
-    from scoresde.metrics import mmd, sliced_wasserstein
+    from scoresde.metrics import median_distance, mmd, sliced_wasserstein
     from scoresde.plots import image_grid, save_samples
     from scoresde.sampling import solvers_available
 
@@ -598,8 +598,7 @@ def _stage_samples(ctx: DemoContext) -> Section:
     test = ds.test[:1000].float()  # digits: all 359; two moons: 1,000 of 2,000
     images = len(ds.shape) == 3
     # one kernel scale for every row: the median pairwise distance of the test split
-    flat = test.flatten(1).double()
-    scale = float(torch.cdist(flat, flat)[~torch.eye(len(flat), dtype=torch.bool)].median())
+    scale = median_distance(test.flatten(1).double())
     n_ref = min(plan.n_samples, ds.train.shape[0])
     ref = ds.train[:n_ref].float()
     g = torch.Generator().manual_seed(seed)
@@ -964,8 +963,7 @@ def _stage_solvers(ctx: DemoContext) -> Section:
     (out / "report.md").write_text(report.to_markdown() + "\n")
     report.to_csv(out / "report.csv")
     report.to_json(out / "report.json")
-    fig = report.plot(out / "error_vs_nfe.png")
-    del fig
+    report.plot(out / "error_vs_nfe.png")
     ctx.figures.append(out / "error_vs_nfe.png")
     rec = report.recommendation(budgets[0])
     tuned = tune_grid(

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["sliced_wasserstein", "mmd", "noise_floor"]
+__all__ = ["sliced_wasserstein", "mmd", "median_distance", "noise_floor"]
 
 
 def _flat(x: Tensor, name: str) -> Tensor:
@@ -53,6 +53,22 @@ def _quantiles(v: Tensor, levels: Tensor) -> Tensor:
     s, _ = torch.sort(v, dim=0)
     idx = torch.clamp((levels * s.shape[0]).long(), max=s.shape[0] - 1)
     return s[idx]
+
+
+def median_distance(x: Tensor, max_points: int | None = None) -> float:
+    """Median Euclidean distance between distinct samples of ``x`` (n, ...) (flattened; its
+    first ``max_points`` rows when given), the median heuristic for a kernel's length scale;
+    1.0 when it is 0 (e.g. all samples equal). Computed in ``x``'s dtype."""
+    if max_points is not None:
+        x = x[:max_points]
+    flat = x.reshape(x.shape[0], -1)
+    return _median_off_diagonal(torch.cdist(flat, flat))
+
+
+def _median_off_diagonal(d: Tensor) -> float:
+    """Median of a square distance matrix's off-diagonal entries (1.0 if it is 0)."""
+    s = float(d[~torch.eye(d.shape[0], dtype=torch.bool, device=d.device)].median())
+    return s if s > 0 else 1.0
 
 
 def sliced_wasserstein(
@@ -112,14 +128,9 @@ def mmd(
     xf, yf = _pair(x, y)
     n, m = xf.shape[0], yf.shape[0]
     z = torch.cat([xf, yf])
-    d2 = torch.cdist(z, z).pow(2)
-    if scale is None:
-        off = d2[~torch.eye(n + m, dtype=torch.bool, device=z.device)]
-        s2 = float(off.median())
-        if s2 <= 0:
-            s2 = 1.0
-    else:
-        s2 = float(scale) ** 2
+    d = torch.cdist(z, z)
+    s2 = (_median_off_diagonal(d) if scale is None else float(scale)) ** 2
+    d2 = d.pow(2)
     k = sum(torch.exp(-d2 / (2 * b * b * s2)) for b in bandwidths)
     assert isinstance(k, Tensor)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]

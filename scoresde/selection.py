@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 import solvers
+from scoresde.metrics import median_distance
 from scoresde.oracle import GaussianMixture, GaussianMixtureOracle
 from scoresde.reverse import solver_term
 from scoresde.sampling import SamplerModel, resolve_solver, sample
@@ -1058,7 +1059,7 @@ class _DistanceTarget:
         u = torch.randn(d, self.n_projections, generator=g, dtype=_F64)
         self.u = u / u.norm(dim=0, keepdim=True)
         self.py_sorted, _ = torch.sort(self.y @ self.u, dim=0)
-        self.scale = _median_distance(self.y)
+        self.scale = median_distance(self.y, max_points=2000)
         kyy = self._kernel(self.y, self.y)
         self.kyy_term = float((kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)))
 
@@ -1148,14 +1149,6 @@ def _run(
     return SolverRun(
         method, kind, grid_label, default, budget, res.nfe, rmse, med, mx, sw, mm, seconds, note
     )
-
-
-def _median_distance(y: Tensor, max_points: int = 2000) -> float:
-    y = y[:max_points]
-    d = torch.cdist(y, y)
-    off = d[~torch.eye(y.shape[0], dtype=torch.bool)]
-    s = float(off.median())
-    return s if s > 0 else 1.0
 
 
 def compare_solvers(

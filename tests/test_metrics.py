@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.metrics import mmd, noise_floor, sliced_wasserstein
+from scoresde.metrics import median_distance, mmd, noise_floor, sliced_wasserstein
 
 
 def _g(seed: int = 0) -> torch.Generator:
@@ -106,3 +106,11 @@ def test_bad_options_are_named() -> None:
         mmd(x, x, bandwidths=(0.0,))
     with pytest.raises(TypeError, match="torch.Tensor"):
         mmd([[0.0]], x)  # type: ignore[arg-type]
+
+
+def test_median_distance_is_the_median_pairwise_distance() -> None:
+    # points 0, 1, 3 on a line: pairwise distances 1, 2, 3
+    x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    assert median_distance(x) == 2.0
+    assert median_distance(torch.cat([x, torch.full((5, 1), 9.0)]), max_points=3) == 2.0
+    assert median_distance(torch.zeros(4, 1, 2, 2)) == 1.0  # all equal: the fallback scale
