@@ -189,6 +189,12 @@ class Heun(Solver[ODETermLike, HeunState]):
     under VP-type schedules, ``"karras"`` (EDM, eq. 5 with ``rho = 7``) under VE and EDM (by
     measurement, ``bench/grid_sweep.py``). EDM's sampler for any schedule, in its variables
     ``x / alpha`` and ``sigma / alpha``, is ``EDMVariables(Heun())``.
+
+    Args:
+        euler_last: ``True`` (default, EDM's Algorithm 1): the last step is an Euler step.
+            ``False``: every step is a Heun step (``2n`` evaluations; k-diffusion's
+            ``sample_heun`` on a grid that ends at ``sigma > 0``), for a grid whose last point
+            has a finite velocity.
     """
 
     order = 2
@@ -198,13 +204,22 @@ class Heun(Solver[ODETermLike, HeunState]):
     default_grid_vp = "quadratic"
     edm_variables_grids = ("uniform", "karras")
 
+    euler_last: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.euler_last, bool):
+            raise TypeError(f"euler_last must be True or False, got {self.euler_last!r}")
+
     def init(self, term: ODETermLike, ts: Tensor, x: Tensor) -> HeunState:
         """Record the number of steps so that :meth:`step` knows which one is the last."""
         return HeunState(index=0, n_steps=ts.numel() - 1)
 
     def nfe_for_steps(self, n_steps: int) -> int:
-        """``2 n - 1``: two evaluations per step, one on the last (Euler) step."""
-        return 2 * n_steps - 1 if n_steps > 0 else 0
+        """``2 n - 1``: two evaluations per step, one on the last (Euler) step (``2 n`` with
+        ``euler_last=False``)."""
+        if n_steps <= 0:
+            return 0
+        return 2 * n_steps - 1 if self.euler_last else 2 * n_steps
 
     def step(
         self,
@@ -217,7 +232,7 @@ class Heun(Solver[ODETermLike, HeunState]):
     ) -> tuple[Tensor, HeunState]:
         """One Heun step (an Euler step if it is the last step of the grid)."""
         next_state = HeunState(index=state.index + 1, n_steps=state.n_steps)
-        if state.index == state.n_steps - 1:  # last step: Euler, no correction (line 7)
+        if self.euler_last and state.index == state.n_steps - 1:  # Euler (line 7)
             return rk_step(EULER, term, t0, t1, x), next_state
         # Euler predictor and trapezoidal corrector (Algorithm 1, lines 5-6 and 8-9)
         return rk_step(TRAPEZOID, term, t0, t1, x), next_state

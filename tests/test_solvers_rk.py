@@ -225,6 +225,28 @@ def test_heun_trapezoidal_steps_then_a_final_euler_step() -> None:
     torch.testing.assert_close(integrate(Heun(), term, x_T, ts).x, x, rtol=1e-14, atol=1e-14)
 
 
+def test_heun_without_the_euler_last_step_is_the_trapezoidal_rule_throughout() -> None:
+    """``euler_last=False`` (k-diffusion's ``sample_heun`` ending at sigma > 0): every step,
+    the last included, is a trapezoidal step; 2n evaluations; still second order."""
+    sde = sd.EDMSDE()
+    term, x_T = _gaussian_term(sde)
+    ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 4)
+    x = x_T
+    for i in range(4):
+        t0, t1 = ts[i], ts[i + 1]
+        d0 = term.velocity(x, t0)
+        x = x + (t1 - t0) * 0.5 * (d0 + term.velocity(x + (t1 - t0) * d0, t1))
+    full = Heun(euler_last=False)
+    sol = integrate(full, term, x_T, ts)
+    torch.testing.assert_close(sol.x, x, rtol=1e-14, atol=1e-14)
+    assert sol.nfe == full.nfe_for_steps(4) == 8
+    assert full.for_budget(10) == (full, 5) and full.for_budget(9) == (full, 4)
+    ns = PF_NS[Heun]
+    assert_order(ns, pf_errors(full, "vp", "uniform", ns), 2)
+    with pytest.raises(TypeError, match="euler_last"):
+        Heun(euler_last=1)  # type: ignore[arg-type]
+
+
 def test_heun_state_is_the_step_index() -> None:
     ts = solvers.uniform(1.0, 0.0, 3)
     term = ODETerm(lambda x, t: -x)

@@ -296,7 +296,7 @@ DEFAULT_GRIDS = {
     "midpoint": ("quadratic", "karras"),
     "rk4": ("quadratic", "karras"),
     "ipndm": ("quadratic", "logsnr"),
-    "ipndm_v": ("quadratic", "logsnr"),
+    "ipndm_v": ("quadratic", "karras"),
     "ddim": ("quadratic", "karras"),
     "dpm_solver_2": ("quadratic", "karras"),
     "dpm_solver_3": ("quadratic", "logsnr"),
@@ -336,6 +336,22 @@ def test_default_grids_depend_on_the_kind_of_schedule(method: str) -> None:
         assert wrapped.grid_for(sd.EDMSDE(), 80.0, 0.002) == ve_grid
     else:
         assert type(solver).term_type is solvers.DenoiserTermLike
+
+
+@pytest.mark.parametrize("method", sorted(EDM_VARIABLES_GRIDS))
+def test_the_same_solve_gets_the_same_default_grid_under_edm(method: str) -> None:
+    # under EDM (alpha = 1, sigma = t) stepping in t and in EDM variables is one solve
+    solver = solvers.get_solver(method)
+    wrapped = solvers.EDMVariables(solver)
+    for sde in (sd.EDMSDE(), sd.EDMSDE(sigma_min=0.01, sigma_max=20.0)):
+        assert solver.grid_for(sde, sde.T, sde.t_min) == wrapped.grid_for(sde, sde.T, sde.t_min)
+    sde = sd.EDMSDE()
+    x_t = 80.0 * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gmm = sd.GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], [0.04, 0.09])
+    oracle = gmm.score_model(sde)
+    a = sd.sample(oracle, solver, 8, x_init=x_t).x
+    b = sd.sample(oracle, wrapped, 8, x_init=x_t).x
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_edm_variables_of_a_user_solver_use_its_own_defaults() -> None:
