@@ -74,7 +74,7 @@ import math
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,10 @@ class PeerSpec:
         note: how the algorithm differs from ours, if it does.
         steps_for_budget: ``nfe -> steps`` (steps whose cost fits the budget).
         run: ``(oracle, x_T, n_steps) -> PeerResult``.
+        options: the options of our ``shared`` method (``solvers.get_solver(shared,
+            **options)``) that configure it as the peer, with the peer's grid and variables:
+            its final-step rule (``lower_order_final``; ``euler_last`` for Heun). Empty where
+            our default already is the peer's rule.
     """
 
     name: str
@@ -129,6 +133,16 @@ class PeerSpec:
     note: str
     steps_for_budget: Callable[[int], int]
     run: Callable[[Any, Tensor, int], PeerResult]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# our final-step options that reproduce a peer's rule (PeerSpec.options)
+BELOW_15_STEPS = {"lower_order_final": None}
+"""diffusers' DPMSolverMultistep / EDMDPMSolverMultistep / DEISMultistep rule (lower the last
+orders in solves of fewer than 15 steps): our ``lower_order_final=None``, whose threshold
+(``lower_order_final_steps``) is 15 for DPM-Solver++ and DEIS."""
+NEVER = {"lower_order_final": False}
+"""k-diffusion's multistep samplers: no lower-order last steps."""
 
 
 def _one_per_step(nfe: int) -> int:
@@ -274,6 +288,7 @@ def diffusers_vp_peers() -> list[PeerSpec]:
                     **c(), solver_order=2, final_sigmas_type="sigma_min"
                 )
             ),
+            BELOW_15_STEPS,
         ),
         PeerSpec(
             "diffusers:DPMSolverMultistep(3M)",
@@ -288,6 +303,7 @@ def diffusers_vp_peers() -> list[PeerSpec]:
                     **c(), solver_order=3, final_sigmas_type="sigma_min"
                 )
             ),
+            BELOW_15_STEPS,
         ),
         PeerSpec(
             "diffusers:UniPCMultistep",
@@ -310,6 +326,7 @@ def diffusers_vp_peers() -> list[PeerSpec]:
             "orders below 15 steps, ours never.",
             _one_per_step,
             _run_diffusers_vp_space(lambda: DEISMultistepScheduler(**c(), solver_order=3)),
+            BELOW_15_STEPS,
         ),
         PeerSpec(
             "diffusers:EulerDiscrete",
@@ -392,6 +409,7 @@ def diffusers_edm_peers(sigma_min: float, sigma_max: float) -> list[PeerSpec]:
             "diffusers lowers the last order below 15 steps, ours always.",
             _one_per_step,
             _run_diffusers_edm(lambda: EDMDPMSolverMultistepScheduler(**kw, solver_order=2)),
+            BELOW_15_STEPS,
         ),
         PeerSpec(
             "diffusers:EDMDPMSolverMultistep(3M)",
@@ -402,6 +420,7 @@ def diffusers_edm_peers(sigma_min: float, sigma_max: float) -> list[PeerSpec]:
             "steps, ours always.",
             _one_per_step,
             _run_diffusers_edm(lambda: EDMDPMSolverMultistepScheduler(**kw, solver_order=3)),
+            BELOW_15_STEPS,
         ),
     ]
 
@@ -510,7 +529,12 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
         s_min, s_max = edm_variables(oracle.sde)
         x = _to_edm(oracle, x_t, vp)
         out = kd.sample_dpm_fast(den, x, s_min, s_max, nfe, disable=True)
-        return PeerResult(_from_edm(oracle, out, vp), den.calls, torch.empty(0, dtype=_F64))
+        # its grid: nfe // 3 + 1 steps uniform in -log(sigma), from float32 end points
+        t_ends = -torch.log(torch.tensor([s_max, s_min]))
+        m = nfe // 3 + 1
+        sigmas = torch.exp(-torch.linspace(float(t_ends[0]), float(t_ends[1]), m + 1)).to(_F64)
+        ts = _ts_of(oracle, sigmas, vp)
+        return PeerResult(_from_edm(oracle, out, vp), den.calls, ts, sigmas if vp else None)
 
     note_vars = " (in x / alpha, sigma / alpha under VP)" if vp else ""
     return [
@@ -530,6 +554,7 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
             "only for a step to sigma = 0): 2 calls per step, ours 2 n - 1.",
             _two_per_step,
             wrap("sample_heun"),
+            {"euler_last": False},
         ),
         PeerSpec(
             "k-diffusion:dpm_2",
@@ -563,6 +588,7 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
             "DPM-Solver++(2M) without a lower-order last step (ours lowers it by default).",
             _one_per_step,
             wrap("sample_dpmpp_2m"),
+            NEVER,
         ),
         PeerSpec(
             "k-diffusion:dpmpp_3m(eta=0)",
@@ -573,6 +599,7 @@ def k_diffusion_peers(kd: types.ModuleType, vp: bool) -> list[PeerSpec]:
             "it takes no lower-order last steps (ours: always).",
             _one_per_step,
             wrap("sample_dpmpp_3m_sde", eta=0.0),
+            NEVER,
         ),
         PeerSpec(
             "k-diffusion:dpm_fast",

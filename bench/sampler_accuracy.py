@@ -25,9 +25,11 @@ Errors: per sample ``e_i = |x_i - x_ref,i| / sqrt(D)``; reported as the RMS over
 dominated by the 1-3 of 250 samples that end in another mixture component than the reference).
 
 Our methods run with ``sd.sample(oracle, method, nfe, x_init=x_T)`` on their default grids
-(the library as a user gets it). Two kinds of extra rows separate the algorithm from the grid:
-``<method>@<peer>`` is our method on the grid the peer visited (the ``g`` ratios; its
-``diff_peer`` is the largest difference to the peer's samples); ``<method>[edm-vars]`` (VP
+(the library as a user gets it). Two kinds of extra rows separate the algorithm from its
+configuration: ``<method>@<peer>`` is our method configured as the peer, on the grid the peer
+visited, with the peer's final-step rule (``PeerSpec.options``) and in its variables (the
+``g`` ratios; its ``diff_peer`` is the largest difference to the peer's samples);
+``<method>[edm-vars]`` (VP
 only) is our method on the same VP PF-ODE written in EDM variables (``x / alpha`` against
 ``sigma / alpha``: ``solvers.EDMVariables(method)`` on the method's default grid), the
 variables diffusers' Euler/Heun and k-diffusion integrate in; on a peer's grid the same ODE is
@@ -173,7 +175,7 @@ class Row:
     max_err: float  # max_i e_i
     seconds: float  # median wall time of one solve
     note: str = ""
-    diff_peer: float = math.nan  # ours@grid rows: max |ours - peer| (same x_T, same grid)
+    diff_peer: float = math.nan  # ours@grid rows: max |ours - peer| (same x_T, configured as it)
 
 
 def our_methods() -> list[str]:
@@ -268,6 +270,17 @@ def _sigma_over_alpha(sde: Any, ts: Tensor) -> Tensor:
     return torch.exp(-0.5 * sde.log_snr(ts.to(_F64)).to(_F64))
 
 
+def as_peer(spec: peers.PeerSpec, nfe: int, n_steps: int) -> solvers.Solver[Any, Any]:
+    """Our ``spec.shared`` method configured as the peer: ``spec.options`` (its final-step
+    rule), and the per-step set-up the method makes for a budget (``for_budget``: e.g. the
+    DPM-Solver-fast orders of ``dpm_solver_3``) where that budget buys the peer's step
+    count."""
+    assert spec.shared is not None
+    solver = solvers.get_solver(spec.shared, **spec.options)
+    configured, steps = solver.for_budget(nfe)
+    return configured if steps == n_steps else solver
+
+
 def run_setting(
     setting: Setting, nfes: tuple[int, ...], repeats: int, kd: peers.KDiffusion, log: Callable
 ) -> list[Row]:
@@ -276,11 +289,11 @@ def run_setting(
     oracle, x_t = setting.oracle, setting.x_t
     edm_oracle = setting.edm_vars_oracle() if setting.kind == "vp" else None
 
-    def ours(method: str, nfe: int, grid: Tensor | None = None) -> tuple[Tensor, int]:
+    def ours(method: Any, nfe: int, grid: Tensor | None = None) -> tuple[Tensor, int]:
         res = sd.sample(oracle, method, nfe, x_init=x_t, grid=grid)
         return res.x, res.nfe
 
-    def ours_edm_vars(method: str, nfe: int, grid: Tensor | None = None) -> tuple[Tensor, int]:
+    def ours_edm_vars(method: Any, nfe: int, grid: Tensor | None = None) -> tuple[Tensor, int]:
         if grid is None:  # the library option, on the method's default grid
             solver = solvers.EDMVariables(solvers.get_solver(method))
             res = sd.sample(oracle, solver, nfe, x_init=x_t)
@@ -319,17 +332,19 @@ def run_setting(
                     setting, spec.name, spec.library, spec.shared or "", nfe, fn, repeats, spec.note
                 )
             )
-            # our shared method on the grid this peer visited
+            # our shared method configured as the peer: on the grid it visited, with its
+            # final-step rule (spec.options), in its variables
             if spec.shared in methods and first.ts.numel() > 1:
+                solver = as_peer(spec, nfe, first.ts.numel() - 1)
                 if _peer_in_edm_vars(spec, setting):
                     label = f"{spec.shared}@{spec.name}[edm-vars]"
                     grid = first.sigmas
                     if grid is None:
                         grid = _sigma_over_alpha(setting.sde, first.ts)
-                    fn = partial(ours_edm_vars, spec.shared, nfe, grid)
+                    fn = partial(ours_edm_vars, solver, nfe, grid)
                 else:
                     label = f"{spec.shared}@{spec.name}"
-                    fn = partial(ours, spec.shared, nfe, first.ts)
+                    fn = partial(ours, solver, nfe, first.ts)
                 rows.append(
                     _row(setting, label, "ours@grid", spec.shared, nfe, fn, repeats, peer_x=first.x)
                 )
@@ -411,7 +426,7 @@ def _ratio(a: float, b: float) -> float:
 
 def shared_comparisons(rows: list[Row]) -> list[dict[str, Any]]:
     """Ours (default grid) vs each peer with the same (nominal) algorithm at equal budget,
-    plus our method on the peer's own grid.
+    plus our method configured as the peer (its grid, final-step rule and variables).
 
     ``pairing``: ``"name"`` pairs the peer with our method of the same registry name in its
     default configuration; ``"variables"`` (VP only) pairs a peer that integrates in EDM
@@ -442,7 +457,7 @@ def _peer_row_in_edm_vars(r: Row) -> bool:
 
 def _comparison(rows: list[Row], r: Row, o: Row, pairing: str) -> dict[str, Any]:
     """One comparison record: peer row ``r`` against our row ``o``; ``g``: our method on the
-    peer's own grid (``ours@grid`` row), where it exists."""
+    peer's configuration (``ours@grid`` row), where it exists."""
     same = [
         x
         for x in rows
@@ -466,16 +481,17 @@ def _comparison(rows: list[Row], r: Row, o: Row, pairing: str) -> dict[str, Any]
         "ours_median": o.median_err,
         "rmse_ratio": _ratio(o.rmse, r.rmse),
         "median_ratio": _ratio(o.median_err, r.median_err),
-        "same_grid_rmse_ratio": _ratio(g.rmse, r.rmse) if g else math.nan,
-        "same_grid_median_ratio": _ratio(g.median_err, r.median_err) if g else math.nan,
-        "same_grid_max_diff": g.diff_peer if g else math.nan,
+        "as_peer_rmse_ratio": _ratio(g.rmse, r.rmse) if g else math.nan,
+        "as_peer_median_ratio": _ratio(g.median_err, r.median_err) if g else math.nan,
+        "as_peer_max_diff": g.diff_peer if g else math.nan,
         "time_ratio": _ratio(o.seconds, r.seconds),
     }
 
 
 def comparison_table(comps: list[dict[str, Any]], setting: str, nfes: tuple[int, ...]) -> str:
     """Cells ``R / M [g G] t T``: R = RMS-error ratio ours/peer, M = median-error ratio
-    (bold above 1.05), G = RMS-error ratio of our method on the peer's grid, T = time ratio."""
+    (bold above 1.05), G = RMS-error ratio of our method configured as the peer (its grid,
+    final-step rule and variables), T = time ratio."""
     sel = [c for c in comps if c["setting"] == setting]
     pairs: list[tuple[str, str]] = []
     for c in sel:
@@ -494,8 +510,8 @@ def comparison_table(comps: list[dict[str, Any]], setting: str, nfes: tuple[int,
         if c is None:
             return "–"
         txt = f"{ratio(c['rmse_ratio'])} / {ratio(c['median_ratio'])}"
-        if math.isfinite(c["same_grid_rmse_ratio"]):
-            txt += f" [g {c['same_grid_rmse_ratio']:.2f}]"
+        if math.isfinite(c["as_peer_rmse_ratio"]):
+            txt += f" [g {c['as_peer_rmse_ratio']:.2f}]"
         if math.isfinite(c["time_ratio"]):
             txt += f" t {c['time_ratio']:.2f}"
         return txt
@@ -528,13 +544,20 @@ def targets(rows: list[Row], comps: list[dict[str, Any]], settings: list[str]) -
 
     1. Every algorithm shared with a peer is within 5% of the peer's error at equal NFE, or
        better: the (setting, ours, peer, NFE) cells with a ratio above 1.05, for our method on
-       its default grid and on the peer's grid. ``shared``: each peer against our method of
+       its default grid and configured as the peer. ``shared``: each peer against our method of
        the same name (default configuration); ``shared_matched``: the VP peers that integrate
        in EDM variables against our method in those variables instead (``pairing``
        ``"variables"``, see :func:`shared_comparisons`), the others as in ``shared``.
     2. Our best method at NFE 10 (default grids) beats the best peer at NFE 10.
+
+    ``peers``: the same test applied between the peers (:func:`peer_against_peer`).
     """
-    out: dict[str, Any] = {"shared": {}, "shared_matched": {}, "best_at_10": {}}
+    out: dict[str, Any] = {
+        "shared": {},
+        "shared_matched": {},
+        "best_at_10": {},
+        "peers": peer_against_peer(rows),
+    }
     by_name = [c for c in comps if c["pairing"] == "name"]
     swapped = {(c["setting"], c["peer"], c["budget"]) for c in comps if c["pairing"] != "name"}
     matched = [
@@ -543,8 +566,8 @@ def targets(rows: list[Row], comps: list[dict[str, Any]], settings: list[str]) -
         if c["pairing"] != "name" or (c["setting"], c["peer"], c["budget"]) not in swapped
     ]
     for metric, key, gkey in (
-        ("rmse", "rmse_ratio", "same_grid_rmse_ratio"),
-        ("median_err", "median_ratio", "same_grid_median_ratio"),
+        ("rmse", "rmse_ratio", "as_peer_rmse_ratio"),
+        ("median_err", "median_ratio", "as_peer_median_ratio"),
     ):
         for label, sel in (("shared", by_name), ("shared_matched", matched)):
             misses = [
@@ -560,7 +583,7 @@ def targets(rows: list[Row], comps: list[dict[str, Any]], settings: list[str]) -
             out[label][metric] = {
                 "cells": len(sel),
                 "misses_default_grid": misses,
-                "misses_same_grid": grid_misses,
+                "misses_as_peer": grid_misses,
             }
         for s in settings:
             ours = best_at(rows, s, 10, ("ours",), metric)
@@ -572,6 +595,32 @@ def targets(rows: list[Row], comps: list[dict[str, Any]], settings: list[str]) -
                 "peer": [peer.method, getattr(peer, metric)],
                 "met": getattr(ours, metric) < getattr(peer, metric),
             }
+    return out
+
+
+def peer_against_peer(rows: list[Row]) -> dict[str, Any]:
+    """Target 1 between the peers: for every algorithm that both diffusers and k-diffusion
+    implement (the same ``shared`` name), each library's sampler against the other's at equal
+    budget, on its own default configuration. Per direction (``"diffusers vs k-diffusion"``:
+    diffusers' error over k-diffusion's) and metric: the cells and those above 1.05."""
+    by: dict[tuple[str, str, int], dict[str, list[Row]]] = {}
+    for r in rows:
+        if r.family in ("diffusers", "k-diffusion") and r.shared:
+            by.setdefault((r.setting, r.shared, r.budget), {}).setdefault(r.family, []).append(r)
+    out: dict[str, Any] = {}
+    for a, b in (("diffusers", "k-diffusion"), ("k-diffusion", "diffusers")):
+        for metric in ("rmse", "median_err"):
+            cells, misses = 0, []
+            for (setting, _shared, budget), libs in sorted(by.items()):
+                for ra in libs.get(a, []):
+                    for rb in libs.get(b, []):
+                        ratio = _ratio(getattr(ra, metric), getattr(rb, metric))
+                        if not math.isfinite(ratio):
+                            continue
+                        cells += 1
+                        if ratio > 1.05:
+                            misses.append([setting, ra.method, rb.method, budget, round(ratio, 3)])
+            out.setdefault(f"{a} vs {b}", {})[metric] = {"cells": cells, "misses": misses}
     return out
 
 
@@ -751,11 +800,14 @@ def main(argv: list[str] | None = None) -> int:
     stem = "sampler_accuracy" + ("_quick" if quick else "")
     tgt = write_outputs(rows, infos, nfes, meta, args.out, stem, img)
     log(f"targets: {json.dumps(tgt.get('best_at_10'))}")
+    for pair, by_metric in tgt.get("peers", {}).items():
+        for metric, v in by_metric.items():
+            log(f"peers, {pair}, {metric}: {len(v['misses'])} of {v['cells']} cells above 1.05")
     for label in ("shared", "shared_matched"):
         for metric, v in tgt.get(label, {}).items():
             log(
                 f"{label}, {metric}: {len(v['misses_default_grid'])} of {v['cells']} cells "
-                f"above 1.05 (default grids), {len(v['misses_same_grid'])} on the peer's grid"
+                f"above 1.05 (default grids), {len(v['misses_as_peer'])} configured as the peer"
             )
     log(f"wrote {args.out / stem}.{{csv,json,md}} and plots in {img}")
     return 0
@@ -817,7 +869,8 @@ def write_outputs(
             "",
             "Cells: RMS-error ratio / median-error ratio of our method (default grid) to the "
             "peer at the same budget (bold: above 1.05); [g: RMS-error ratio of our method "
-            "run on the peer's own grid]; t: wall-time ratio.",
+            "configured as the peer: its grid, final-step rule and variables]; t: wall-time "
+            "ratio.",
             "",
             comparison_table(comps, name, nfes),
             "",

@@ -449,11 +449,11 @@ def test_2d_and_4d_states_agree(solver: IPNDM | IPNDMVariable) -> None:
 
 def test_class_attributes_and_builtins() -> None:
     assert {"ipndm": IPNDM, "ipndm_v": IPNDMVariable} == BUILTINS
-    for cls in (IPNDM, IPNDMVariable):
+    for cls, ve_grid in ((IPNDM, "logsnr"), (IPNDMVariable, "karras")):
         solvers.check_solver_class(cls)
         assert (cls.order, cls.evals_per_step, cls.stochastic) == (4, 1, False)
         assert cls.term_type is solvers.ODETermLike
-        assert (cls.default_grid, cls.default_grid_vp) == ("logsnr", "quadratic")
+        assert (cls.default_grid, cls.default_grid_vp) == (ve_grid, "quadratic")
         assert cls().max_order == 4
 
 
