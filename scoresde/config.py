@@ -231,11 +231,6 @@ class ModelConfig:
                 )
             if self.num_classes == 0:
                 object.__setattr__(self, "num_classes", None)  # one spelling of unconditional
-        if self.num_classes is not None and self.precond == "edm":
-            raise ConfigError(
-                "model.precond='edm' does not pass class labels to the network: a "
-                "class-conditional model (model.num_classes) needs model.precond='none'"
-            )
         if self.precond == "edm" and self.prediction != "x0":
             raise ConfigError(
                 "model.precond='edm' makes the network a denoiser: set model.prediction='x0', "

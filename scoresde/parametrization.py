@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -320,6 +320,10 @@ class EDMPrecond(nn.Module):
     ``c_in x_hat`` and ``c_noise = log(s) / 4`` as its (B,) time argument, and its ideal output
     ``(x0 - c_skip x_hat) / c_out`` has unit variance too). Coefficients are computed in float64
     and the network sees x's dtype. Use as ``ScoreModel(EDMPrecond(raw, sde), sde, "x0")``.
+    Keyword arguments of a call (class labels ``y=`` of a class-conditional network) pass
+    through to the raw network unchanged, and ``num_classes`` is the raw network's, so a
+    conditional network keeps working under classifier-free guidance
+    (:class:`~scoresde.CFGModel`).
 
     Args:
         net: raw network ``net(x_in, c_noise)``.
@@ -349,12 +353,19 @@ class EDMPrecond(nn.Module):
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, sigma_data={self.sigma_data}"
 
-    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """The raw network's ``num_classes`` (``None`` when it has none: unconditional)."""
+        n = getattr(self.net, "num_classes", None)
+        return n if isinstance(n, int) else None
+
+    def forward(self, x: Tensor, t: TimeLike, **kwargs: Any) -> Tensor:
         """Denoised estimate of x0.
 
         Args:
             x: noisy state, shape (B, ...).
             t: time, a float, 0-d or (B,) tensor in [t_min, T].
+            **kwargs: passed to the raw network (e.g. ``y=labels``).
 
         Returns:
             D(x, t), shape and dtype of x.
@@ -369,7 +380,9 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(s, self.sigma_data)
         x_hat = append_dims(inv_alpha, x.ndim) * x.to(dtype)
         f_out = self.net(
-            (append_dims(c_in, x.ndim) * x_hat).to(x.dtype), _net_time(c_noise, x, "c_noise")
+            (append_dims(c_in, x.ndim) * x_hat).to(x.dtype),
+            _net_time(c_noise, x, "c_noise"),
+            **kwargs,
         )
         f_out = _check_output(f_out, x, "net")
         d = append_dims(c_skip, x.ndim) * x_hat + append_dims(c_out, x.ndim) * f_out.to(dtype)

@@ -90,10 +90,6 @@ def test_num_classes_config_values() -> None:
         (["model.num_classes=3", "loss.label_dropout=1.0"], r"label_dropout must lie in \[0, 1\)"),
         (["model.num_classes=3", "loss.label_dropout=-0.1"], r"label_dropout must lie in \[0, 1\)"),
         (["loss.label_dropout=0.2"], r"label_dropout=0\.2 applies to a class-conditional model"),
-        (
-            ["model.num_classes=3", "model.precond=edm", "model.prediction=x0"],
-            r"class-conditional model \(model\.num_classes\) needs model\.precond='none'",
-        ),
         (["data.labels_key=y"], r"data\.labels_key applies to data\.name='npz' only"),
     ],
 )
@@ -257,6 +253,32 @@ def test_loaded_conditional_model_samples_by_class(cond_run: Path) -> None:
             loaded.guided(bad)
     with pytest.raises(ValueError, match=r"y must hold classes in \[0, 2\)"):
         loaded.guided(torch.tensor([0, 1, 2]))
+
+
+def test_edm_preconditioning_passes_labels_to_the_network(tmp_path: Path) -> None:
+    """A class-conditional network under EDM preconditioning: the labels reach the raw network
+    through EDMPrecond, and a trained checkpoint samples by class under guidance."""
+    cfg = tiny(tmp_path / "run", "model.precond=edm", "model.prediction=x0")
+    net = build_network(cfg.model, (2,), sd.VPSDE())
+    assert isinstance(net, sd.EDMPrecond) and net.num_classes == 2
+    x, t = torch.randn(4, 2), torch.full((4,), 0.3)
+    y0, y1 = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    with torch.no_grad():  # a nonzero class embedding, so that the label changes the output
+        net.net.class_embed.embedding.weight.normal_()
+        assert not torch.allclose(net(x, t, y=y0), net(x, t, y=y1))
+        # the same as preconditioning the raw network bound to the label
+        bound = sd.EDMPrecond(lambda xi, c: net.net(xi, c, y=y1), sd.VPSDE())
+        torch.testing.assert_close(net(x, t, y=y1), bound(x, t))
+    assert sd.EDMPrecond(lambda xi, c: xi, sd.VPSDE()).num_classes is None
+    with torch.random.fork_rng(devices=[]):
+        res = train(cfg)
+    assert res.step == 4
+    loaded = load_model(tmp_path / "run")
+    assert isinstance(loaded.net, sd.EDMPrecond) and loaded.num_classes == 2
+    model = loaded.guided(1, 2.0)
+    assert model.prediction == "x0" and model.null_label == 2
+    out = sd.sample(model, "euler", 4, shape=(3, 2), generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (3, 2) and bool(torch.isfinite(out.x).all())
 
 
 def test_unconditional_checkpoint_refuses_a_class(tmp_path: Path) -> None:
