@@ -20,14 +20,21 @@ For ``F: R^D -> R^D`` applied sample by sample to a batch ``x`` of shape ``(B, *
 
 Both return the function value too, so a caller (the likelihood ODE) evaluates the network once
 per step for the velocity and its divergence.
+
+Under ``torch.inference_mode`` autograd records nothing, even inside ``torch.enable_grad()``,
+and a Jacobian would silently be zero: both functions run their autograd with inference mode
+turned off (:func:`autograd_enabled`), on a normal copy of an inference-tensor ``x``, and
+:func:`scoresde.log_likelihood` runs its whole solve that way (:func:`outside_inference_mode`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
@@ -36,8 +43,11 @@ __all__ = [
     "Divergence",
     "ProbeKind",
     "PROBE_KINDS",
+    "autograd_enabled",
     "exact_divergence",
     "hutchinson_divergence",
+    "normal_tensor",
+    "outside_inference_mode",
     "sample_probes",
 ]
 
@@ -64,11 +74,49 @@ class Divergence:
     divergence: Tensor
 
 
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Gradients recorded whatever the caller's mode: ``torch.no_grad`` is lifted by
+    ``enable_grad`` and ``torch.inference_mode`` by ``inference_mode(False)`` (where
+    ``enable_grad`` alone records nothing). Tensors made in inference mode must be cloned
+    inside this context before autograd may save them (:func:`normal_tensor`)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def normal_tensor(x: Tensor) -> Tensor:
+    """``x`` detached, as a normal tensor (a copy if it was made under inference mode)."""
+    return x.detach().clone() if x.is_inference() else x.detach()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def outside_inference_mode(fn: _F) -> _F:
+    """Run ``fn`` with inference mode off when it is called under ``torch.inference_mode``,
+    its tensor arguments made normal tensors (:func:`normal_tensor`): for functions whose
+    work needs autograd throughout (a likelihood solve: every divergence is a Jacobian of the
+    network at times and states made during the solve)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            args = tuple(normal_tensor(a) if isinstance(a, Tensor) else a for a in args)
+            kwargs = {
+                k: normal_tensor(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()
+            }
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _forward(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """``(x_leaf, F(x_leaf))`` with a graph from the leaf to the output (grad enabled)."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise TypeError(f"x must be a floating tensor of shape (B, ...), got {x!r:.80}")
-    x_leaf = x.detach().requires_grad_(True)
+    x_leaf = normal_tensor(x).requires_grad_(True)
     out = fn(x_leaf)
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -101,7 +149,7 @@ def exact_divergence(
     Returns:
         :class:`Divergence` with ``value = F(x)`` (detached) and ``divergence`` of shape (B,).
     """
-    with torch.enable_grad():
+    with autograd_enabled():
         x_leaf, out = _forward(fn, x)
         b = x.shape[0]
         d = math.prod(x.shape[1:])
@@ -135,7 +183,7 @@ def hutchinson_divergence(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Ten
         raise ValueError(
             f"probes must have shape (K, *x.shape) = (K, *{tuple(x.shape)}), got {got}"
         )
-    with torch.enable_grad():
+    with autograd_enabled():
         x_leaf, out = _forward(fn, x)
         eps = probes.to(dtype=out.dtype, device=out.device)
         grads = _batched_vjp(out, x_leaf, eps, False)

@@ -91,6 +91,7 @@ from scoresde.divergence import (
     ProbeKind,
     exact_divergence,
     hutchinson_divergence,
+    outside_inference_mode,
     sample_probes,
 )
 from scoresde.reverse import reverse_drift
@@ -739,6 +740,7 @@ def _flow_fn(
 
 
 # =========================================================================== public
+@outside_inference_mode
 def log_likelihood(
     model: Any,
     x: Tensor,

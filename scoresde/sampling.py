@@ -237,6 +237,12 @@ def sample(
             raise ValueError(f"nfe={nfe} leaves nothing for the solver after denoise_final")
         solver, n_steps = solver.for_budget(nfe - final_cost)
         ts = _grid(solver, sde, grid, n_steps)
+    if x_init is None and float(ts[0]) != float(sde.T):
+        raise ValueError(
+            f"the grid starts at t={float(ts[0])!r}, but shape= draws x from the prior at "
+            f"T={sde.T!r}: start the grid at T, or pass the state at t={float(ts[0])!r} as "
+            f"x_init"
+        )
     term = solver_term(model, type(solver).term_type)
     with torch.no_grad():
         sol = solvers.integrate(

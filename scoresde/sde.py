@@ -64,8 +64,12 @@ def _as_float64(value: TimeLike, name: str) -> tuple[Tensor, torch.dtype]:
 
 
 def _time_derivative(fn, t: Tensor) -> Tensor:
-    """Elementwise d fn(t) / dt by autograd (fn must act elementwise on t)."""
-    with torch.enable_grad():
+    """Elementwise d fn(t) / dt by autograd (fn must act elementwise on t).
+
+    Also under ``torch.inference_mode`` (where ``enable_grad`` alone records nothing and the
+    derivative would silently be zero): autograd runs with inference mode off, on a normal
+    copy of ``t``."""
+    with torch.inference_mode(False), torch.enable_grad():
         tt = t.detach().clone().requires_grad_(True)
         y = fn(tt)
         if not y.requires_grad:  # fn is constant in t

@@ -35,17 +35,18 @@ with the step size (``corrector``):
   Lipschitz constant at most ``1 / sigma_t^2`` for any data, so steps above ``2 sigma_t^2``
   diverge); it never binds in the usual regime (``eps ~ 2 snr^2 sigma_t^2``) and keeps a
   vanishing score (``||s|| -> 0``, e.g. a state already at a mode at ``t_min``) from giving an
-  infinite step. Norms are taken over all non-batch dimensions **per
-  sample** (``norm="sample"``, the default: sample ``j``'s step depends on sample ``j`` only, so
-  results do not depend on the batch). score_sde instead uses **batch means** of the per-sample
-  norms, ``eps = 2 a_i (snr mean_j ||z_j|| / mean_j ||s_j||)^2``, one step size for the whole
-  batch (``norm="batch"`` reproduces it). The two agree in high dimension, where ``||z||`` and
-  ``||s||`` concentrate. In low dimension the per-sample step depends on the sample's position
-  (large near a mode, where ``||s||`` is small) and on its own noise draw, which biases the
+  infinite step. Norms are taken over all non-batch dimensions. The default, as score_sde,
+  uses **batch means** of the per-sample norms (``norm="batch"``),
+  ``eps = 2 a_i (snr mean_j ||z_j|| / mean_j ||s_j||)^2``, one step size for the whole batch (so
+  sample ``j`` depends on the rest of the batch). ``norm="sample"`` takes them **per sample**
+  (sample ``j``'s step depends on sample ``j`` only). The two agree in high dimension, where
+  ``||z||`` and ``||s||`` concentrate. In low dimension the per-sample step depends on the
+  sample's position (large near a mode, where ``||s||`` is small) and on its own noise draw,
+  which biases the
   Langevin steps: 200 steps at one level of a standard Gaussian leave the variance too large
   by a factor 4.0 in 2-D, 1.30 in 16-D and 1.04 in 256-D, against 1.007 / 1.026 / 1.023 with
-  batch norms (the ``snr^2`` bias of unadjusted Langevin). Use ``norm="batch"`` or
-  ``corrector="ald"`` for low-dimensional data.
+  batch norms (the ``snr^2`` bias of unadjusted Langevin): keep ``norm="batch"`` (or use
+  ``corrector="ald"``) for low-dimensional data.
 * ``"ald"`` (annealed Langevin dynamics; score_sde ``AnnealedLangevinDynamics``; Song & Ermon
   2019, Algorithm 1): ``eps = 2 a_i (snr sigma_t)^2``, proportional to the noise variance. In
   Song & Ermon's notation (``x <- x + (alpha_i/2) s + sqrt(alpha_i) z``, ``alpha_i = epsilon
@@ -135,8 +136,9 @@ def drift_coefficients(schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         TypeError: the schedule is not differentiable in ``t``.
     """
-    with torch.enable_grad():
-        tt = t.detach().to(_F64).requires_grad_(True)
+    # inference_mode(False): under torch.inference_mode, enable_grad alone records nothing
+    with torch.inference_mode(False), torch.enable_grad():
+        tt = t.detach().to(_F64).clone().requires_grad_(True)
         log_alpha = torch.log(schedule.alpha(tt).to(_F64))
         lam = schedule.log_snr(tt).to(_F64)
         sigma2 = schedule.sigma(tt).to(_F64) ** 2

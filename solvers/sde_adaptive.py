@@ -235,9 +235,10 @@ class _TorchSDEFunction:
         """``1/2 g dg/dx`` (diagonal), or ``None`` when ``g`` does not depend on ``x``."""
         if self._additive:
             return None
-        with torch.enable_grad():
-            yy = y.detach().requires_grad_(True)
-            g = self._diffusion(t, yy)
+        # inference_mode(False): under torch.inference_mode, enable_grad alone records nothing
+        with torch.inference_mode(False), torch.enable_grad():
+            yy = y.detach().clone().requires_grad_(True)
+            g = self._diffusion(t.clone(), yy)
             if not g.requires_grad:
                 self._additive = True
                 return None
@@ -248,9 +249,9 @@ class _TorchSDEFunction:
     def additive(self, s: Any, y: Tensor) -> bool:
         """Whether ``g`` does not depend on the state (checked once, by autograd; free)."""
         if self._additive is None:
-            with torch.enable_grad():
-                yy = y.detach().requires_grad_(True)
-                self._additive = not self._diffusion(self.time(s), yy).requires_grad
+            with torch.inference_mode(False), torch.enable_grad():
+                yy = y.detach().clone().requires_grad_(True)
+                self._additive = not self._diffusion(self.time(s).clone(), yy).requires_grad
         return self._additive
 
     def clear_cache(self) -> None:
