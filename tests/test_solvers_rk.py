@@ -211,17 +211,25 @@ def test_one_step_heun_is_one_euler_step() -> None:
     assert torch.equal(heun.x, euler.x)
 
 
-def test_heun_trapezoidal_steps_then_a_final_euler_step() -> None:
-    """Reference: EDM Algorithm 1 written out by hand (trapezoid on steps 0..n-2, Euler last)."""
-    sde = sd.VPSDE(t_min=1e-3)
-    term, x_T = _gaussian_term(sde)
-    ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 4)
-    x = x_T
-    for i in range(4):
+def _heun_by_hand(term: Any, x: Tensor, ts: Tensor, euler_last: bool) -> Tensor:
+    """EDM Algorithm 1 written out: Euler predictor and trapezoidal corrector on every step,
+    the last one an Euler step when ``euler_last``."""
+    n = ts.numel() - 1
+    for i in range(n):
         t0, t1 = ts[i], ts[i + 1]
         d0 = term.velocity(x, t0)
         x_euler = x + (t1 - t0) * d0
-        x = x_euler if i == 3 else x + (t1 - t0) * 0.5 * (d0 + term.velocity(x_euler, t1))
+        last_euler = euler_last and i == n - 1
+        x = x_euler if last_euler else x + (t1 - t0) * 0.5 * (d0 + term.velocity(x_euler, t1))
+    return x
+
+
+def test_heun_trapezoidal_steps_then_a_final_euler_step() -> None:
+    """Reference: EDM Algorithm 1 by hand (trapezoid on steps 0..n-2, Euler last)."""
+    sde = sd.VPSDE(t_min=1e-3)
+    term, x_T = _gaussian_term(sde)
+    ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 4)
+    x = _heun_by_hand(term, x_T, ts, euler_last=True)
     torch.testing.assert_close(integrate(Heun(), term, x_T, ts).x, x, rtol=1e-14, atol=1e-14)
 
 
@@ -231,11 +239,7 @@ def test_heun_without_the_euler_last_step_is_the_trapezoidal_rule_throughout() -
     sde = sd.EDMSDE()
     term, x_T = _gaussian_term(sde)
     ts = solvers.make_grid("karras", sde, sde.T, sde.t_min, 4)
-    x = x_T
-    for i in range(4):
-        t0, t1 = ts[i], ts[i + 1]
-        d0 = term.velocity(x, t0)
-        x = x + (t1 - t0) * 0.5 * (d0 + term.velocity(x + (t1 - t0) * d0, t1))
+    x = _heun_by_hand(term, x_T, ts, euler_last=False)
     full = Heun(euler_last=False)
     sol = integrate(full, term, x_T, ts)
     torch.testing.assert_close(sol.x, x, rtol=1e-14, atol=1e-14)
