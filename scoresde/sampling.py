@@ -125,7 +125,7 @@ def _grid(
     n_steps: int,
 ) -> Tensor:
     if isinstance(grid, Tensor):
-        ts = solvers.as_grid(grid)
+        ts = solvers.as_grid(grid, name="grid")
         lo, hi = float(ts.min()), float(ts.max())
         if float(ts[0]) < float(ts[-1]):
             raise ValueError("grid must decrease: sampling integrates from T down to t_min")

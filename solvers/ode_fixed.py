@@ -347,6 +347,10 @@ class EDMVariables(Solver[DenoiserTermLike, EDMVariablesState]):
                 f"(term_type {cls.term_type.__name__}, stochastic={cls.stochastic}, "
                 f"adaptive={cls.adaptive})"
             )
+        # an instance reports the wrapped solver's order and cost per step (the class
+        # attributes are the registry's defaults for the wrapper itself)
+        object.__setattr__(self, "order", cls.order)
+        object.__setattr__(self, "evals_per_step", cls.evals_per_step)
 
     @property
     def convergence_order(self) -> int:

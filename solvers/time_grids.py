@@ -101,11 +101,12 @@ def check_grid(ts: Tensor, *, name: str = "ts") -> None:
         raise ValueError(f"{name} must be strictly monotone: {problem}")
 
 
-def as_grid(ts: Tensor | Sequence[float]) -> Tensor:
+def as_grid(ts: Tensor | Sequence[float], *, name: str = "ts") -> Tensor:
     """Validate a user-supplied grid and convert it to ``float64`` (device kept).
 
     Args:
         ts: 1-D tensor (or sequence of numbers) of at least 2 finite, strictly monotone times.
+        name: how the grid is called in error messages (the caller's argument name).
 
     Returns:
         ``ts`` as a 1-D ``float64`` tensor.
@@ -117,11 +118,13 @@ def as_grid(ts: Tensor | Sequence[float]) -> Tensor:
         try:
             ts = torch.as_tensor(ts, dtype=_F64)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"ts must be a 1-D tensor or a sequence of numbers: {err}") from None
+            raise TypeError(
+                f"{name} must be a 1-D tensor or a sequence of numbers: {err}"
+            ) from None
     if ts.dtype == torch.bool or ts.is_complex():
-        raise TypeError(f"ts must be real-valued, got {ts.dtype}")
+        raise TypeError(f"{name} must be real-valued, got {ts.dtype}")
     ts = ts.to(_F64)
-    check_grid(ts)
+    check_grid(ts, name=name)
     return ts
 
 

@@ -128,6 +128,9 @@ def test_user_grid_fixes_the_steps_and_must_fit_the_budget():
         sd.sample(model, "euler", 4, shape=(2, 2), grid=grid)
     with pytest.raises(ValueError, match="grid must decrease"):
         sd.sample(model, "euler", shape=(2, 2), grid=grid.flip(0))
+    bumpy = torch.tensor([1.0, 0.5, 0.6, 0.1], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^grid must be strictly monotone"):
+        sd.sample(model, "euler", shape=(2, 2), grid=bumpy)
     with pytest.raises(ValueError, match=r"grid must lie in \[t_min, T\]"):
         sd.sample(model, "euler", shape=(2, 2), grid=torch.linspace(2.0, 0.5, 4).double())
     # a grid starting below T needs the state there: the prior sample lives at T

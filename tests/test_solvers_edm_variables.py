@@ -195,6 +195,10 @@ def test_budget_and_orders_are_those_of_the_wrapped_solver() -> None:
     assert isinstance(budgeted, EDMVariables) and isinstance(budgeted.solver, Heun) and n == 5
     assert solver.nfe_for_steps(5) == 9 and solver.convergence_order == 2
     assert EDMVariables(IPNDMVariable()).cold_start_order == IPNDMVariable().cold_start_order
+    for inner in (RK4(), Heun(), IPNDMVariable()):  # the instance reports the wrapped solver's
+        wrapped = EDMVariables(inner)
+        assert (wrapped.order, wrapped.evals_per_step) == (inner.order, inner.evals_per_step)
+        assert wrapped.for_budget(12)[0].evals_per_step == inner.evals_per_step
     sde = sd.VPSDE()
     res = sd.sample(_mixture(sde), solver, 10, shape=(4, 2), generator=torch.Generator())
     assert res.nfe == 9 and res.ts.numel() == 6
