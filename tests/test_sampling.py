@@ -256,3 +256,24 @@ def test_orders_through_sample_fast_subset(method, kwargs, order):
     first-order last step, which adds an O(h^2) term with a different constant)."""
     slope, errs = _slope("edm", solvers.get_solver(method, **kwargs), [32, 64, 128])
     assert abs(slope - order) < 0.35, (method, slope, errs)
+
+
+@pytest.mark.parametrize(
+    ("method", "family", "steps"),
+    [
+        ("rk4", "ve", [32, 64, 128]),
+        ("dpm_solver_3", "vp", [32, 64, 128]),
+        ("unipc", "ve", [32, 64, 128]),
+        ("ipndm", "vp", [128, 192, 256]),
+        ("deis", "vp", [64, 96, 128]),
+        ("ipndm_v", "edm", [128, 192, 256]),
+    ],
+)
+def test_orders_through_sample_fast_subset_other_families(method, family, steps):
+    """More of the sweep in the default run: one method of each family (Runge-Kutta,
+    single-step and multistep exponential, fixed- and variable-weight Adams) under VP, VE or
+    EDM, each within 0.35 of its listed order (graded start where the warm-up caps it)."""
+    solver = solvers.get_solver(method)
+    graded = solver.cold_start_order < solver.convergence_order
+    slope, errs = _slope(family, solver, steps, graded=graded)
+    assert abs(slope - solver.convergence_order) < 0.35, (method, family, slope, errs)
