@@ -124,18 +124,39 @@ def _forward(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]
     return x_leaf, out
 
 
-def _batched_vjp(out: Tensor, x_leaf: Tensor, cotangents: Tensor, retain: bool) -> Tensor:
-    """``(C, *x.shape)``: ``c^T dF/dx`` for each of the C cotangents, one backward pass."""
-    if not out.requires_grad:  # F does not depend on x: a zero Jacobian
+_NOT_DIFFERENTIABLE = (
+    "the function's output (for a likelihood: the model's score) is not differentiable in x "
+    "(it has no autograd graph back to x: computed under torch.no_grad, detached, or outside "
+    "torch), so its divergence would come out as zero; compute it with torch operations on "
+    "x, with gradients enabled"
+)
+
+
+def _batched_vjp(
+    out: Tensor, x_leaf: Tensor, cotangents: Tensor, retain: bool, strict: bool
+) -> Tensor:
+    """``(C, *x.shape)``: ``c^T dF/dx`` for each of the C cotangents, one backward pass.
+    ``strict``: an output without a graph back to ``x`` is an error, not a zero Jacobian."""
+    if not out.requires_grad:  # F does not depend on x (or hides it from autograd)
+        if strict:
+            raise ValueError(_NOT_DIFFERENTIABLE)
         return torch.zeros_like(cotangents)
     (grads,) = torch.autograd.grad(
         out, x_leaf, cotangents, retain_graph=retain, is_grads_batched=True, allow_unused=True
     )
-    return torch.zeros_like(cotangents) if grads is None else grads
+    if grads is None:
+        if strict:
+            raise ValueError(_NOT_DIFFERENTIABLE)
+        return torch.zeros_like(cotangents)
+    return grads
 
 
 def exact_divergence(
-    fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    chunk_size: int | None = None,
+    strict: bool = False,
 ) -> Divergence:
     """Exact divergence ``tr(dF/dx)`` of a per-sample map, by ``D`` batched VJPs.
 
@@ -145,9 +166,16 @@ def exact_divergence(
         x: the points, ``(B, *dims)``.
         chunk_size: basis vectors per backward pass (default: as many as fit in about
             ``2^24`` elements of cotangents, ``chunk * B * D``; at least 1).
+        strict: raise if ``F(x)`` has no autograd graph back to ``x`` (default: a constant
+            ``F``, divergence 0). :func:`scoresde.log_likelihood` sets it: a score computed
+            under ``torch.no_grad`` or through NumPy would otherwise give a silently wrong
+            likelihood.
 
     Returns:
         :class:`Divergence` with ``value = F(x)`` (detached) and ``divergence`` of shape (B,).
+
+    Raises:
+        ValueError: with ``strict``, ``F(x)`` is not differentiable in ``x``.
     """
     with autograd_enabled():
         x_leaf, out = _forward(fn, x)
@@ -160,12 +188,14 @@ def exact_divergence(
             rows = torch.arange(stop - start, device=x.device)
             basis = torch.zeros(stop - start, b, d, dtype=out.dtype, device=out.device)
             basis[rows, :, start + rows] = 1.0
-            grads = _batched_vjp(out, x_leaf, basis.reshape(-1, *x.shape), stop < d)
+            grads = _batched_vjp(out, x_leaf, basis.reshape(-1, *x.shape), stop < d, strict)
             div = div + grads.reshape(stop - start, b, d)[rows, :, start + rows].sum(0)
     return Divergence(out.detach(), div.detach())
 
 
-def hutchinson_divergence(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor) -> Divergence:
+def hutchinson_divergence(
+    fn: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor, *, strict: bool = False
+) -> Divergence:
     """Hutchinson-Skilling estimates ``eps_k^T (dF/dx) eps_k`` of ``div F``, one per probe.
 
     Args:
@@ -173,6 +203,7 @@ def hutchinson_divergence(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Ten
         x: the points, ``(B, *dims)``.
         probes: ``(K, B, *dims)`` with ``E[eps] = 0``, ``E[eps eps^T] = I`` (see
             :func:`sample_probes`); keep them fixed over an ODE solve.
+        strict: as for :func:`exact_divergence`.
 
     Returns:
         :class:`Divergence` with ``value = F(x)`` and ``divergence`` of shape ``(B, K)``; their
@@ -186,7 +217,7 @@ def hutchinson_divergence(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Ten
     with autograd_enabled():
         x_leaf, out = _forward(fn, x)
         eps = probes.to(dtype=out.dtype, device=out.device)
-        grads = _batched_vjp(out, x_leaf, eps, False)
+        grads = _batched_vjp(out, x_leaf, eps, False, strict)
         est = (grads * eps).flatten(2).sum(-1)  # (K, B)
     return Divergence(out.detach(), est.detach().T)
 

@@ -81,8 +81,10 @@ class ELBOResult:
 
     ``elbo = reconstruction - prior - denoising`` (nats); each ``*_bpd`` is its term's
     contribution to ``bpd = -elbo / (D ln 2)``, an upper bound on the bits/dim (for discrete data
-    a bound on the discrete bits/dim, directly comparable with :func:`scoresde.log_likelihood`'s
-    dequantized bits/dim).
+    a bound on the discrete bits/dim, in the units of :func:`scoresde.log_likelihood`'s
+    dequantized bits/dim but often much looser: a decoder far narrower than a bin costs a model
+    with a continuous density about ``D log(Delta / (s_0 sqrt(2 pi e)))`` nats;
+    docs/likelihood.md, section 8).
 
     Attributes:
         elbo: the bound (a Monte-Carlo estimate), nats.
@@ -163,7 +165,16 @@ class _Network:
             fn(z[i : i + self.rows].to(self.mdtype), t[i : i + self.rows]).to(self.work)
             for i in range(0, z.shape[0], self.rows)
         ]
-        return torch.cat(outs)
+        out = torch.cat(outs)
+        bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+        if bool(bad.any()):  # one host sync per call; the ELBO is an evaluation, not a loop
+            times = t[bad.to(t.device)]
+            raise ValueError(
+                f"model.{what} returned NaN or inf for {int(bad.sum())} of {out.shape[0]} "
+                f"inputs (times {float(times.min()):.4g} to {float(times.max()):.4g}): the "
+                "ELBO would be NaN; check the network and its checkpoint"
+            )
+        return out
 
 
 def _weight(sde: SDE, t: Tensor) -> Tensor:
@@ -232,7 +243,7 @@ def elbo(
     d = math.prod(dims)
     xw = x.detach().to(work)
     if quant is not None:
-        _check_on_grid(xw, *quant)
+        xw = _check_on_grid(xw, *quant, x.dtype)
     if batch_rows is None:
         batch_rows = max(b, _ROW_ELEMENTS // d)
     net = _Network(model, mdtype, work, _count("batch_rows", batch_rows))

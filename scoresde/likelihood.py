@@ -224,18 +224,38 @@ def _check_quantization(
     return levels, lo, (hi - lo) / (levels - 1)
 
 
-def _check_on_grid(x: Tensor, levels: int, lo: float, width: float) -> None:
-    """Discrete data must sit on the levels (one host synchronisation per call)."""
+def _check_on_grid(
+    x: Tensor, levels: int, lo: float, width: float, source: torch.dtype | None = None
+) -> Tensor:
+    """Discrete data must sit on the levels (one host synchronisation per call); returns them
+    snapped exactly onto the levels.
+
+    The tolerance is 1e-3 bins, or the rounding of ``source`` (the data's own dtype) at the
+    largest level if that is coarser: 8-bit levels stored in float16 are ~0.03 bins off.
+    ``source`` too coarse to tell neighbouring levels apart (bfloat16 for 256 levels on
+    [-1, 1]) is an error."""
+    hi = lo + (levels - 1) * width
+    tol = 1e-3
+    if source is not None and source.is_floating_point:
+        tol = max(tol, torch.finfo(source).eps * max(abs(lo), abs(hi)) / width)
+        if tol >= 0.5:
+            raise ValueError(
+                f"x's dtype {source} cannot tell the levels apart (its rounding near "
+                f"{max(abs(lo), abs(hi)):g} is {tol:.2g} bins of width {width:g}): pass the data "
+                "in float32 or float64"
+            )
     k = (x.detach().to(_F64) - lo) / width
-    stats = torch.stack([(k - k.round()).abs().max(), k.round().min(), k.round().max()])
+    k_round = k.round()
+    stats = torch.stack([(k - k_round).abs().max(), k_round.min(), k_round.max()])
     off, k_lo, k_hi = (float(v) for v in stats.cpu())
-    if off > 1e-3 or k_lo < 0 or k_hi > levels - 1:
+    if off > tol or k_lo < 0 or k_hi > levels - 1:
         raise ValueError(
             f"x is not on the grid of levels={levels} values lo + k * {width:g} "
             f"(k = 0..{levels - 1}): found level indices in [{k_lo:g}, {k_hi:g}] and a distance "
             f"of {off:.3g} bins from the nearest level. Pass the undequantized discrete data, or "
             f"levels=None, data_range=None for continuous data"
         )
+    return (lo + k_round * width).to(x.dtype)
 
 
 def dequantize(
@@ -332,6 +352,13 @@ def _check_input(x: object, name: str) -> Tensor:
         raise ValueError(
             f"{name} must have shape (B, *dims) with B >= 1 and at least one data dimension, "
             f"got shape {tuple(x.shape)} (a batch of scalars is (B, 1))"
+        )
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} must be finite: samples {rows[:10]}{' ...' if len(rows) > 10 else ''} hold "
+            "NaN or inf"
         )
     return x
 
@@ -709,11 +736,11 @@ def _augmented_fn(
         b = y.shape[0]
         x = y[:, :d].reshape(b, *dims)
         if divergence == "exact":
-            out = exact_divergence(lambda xx: score(xx, t), x, chunk_size=chunk_size)
+            out = exact_divergence(lambda xx: score(xx, t), x, chunk_size=chunk_size, strict=True)
             div_s = out.divergence[:, None]
         else:
             assert probes is not None
-            out = hutchinson_divergence(lambda xx: score(xx, t), x, probes[:, idx])
+            out = hutchinson_divergence(lambda xx: score(xx, t), x, probes[:, idx], strict=True)
             div_s = out.divergence
         v = _velocity(sde, out.value, x, t)
         t64 = t.to(_F64)
@@ -785,7 +812,8 @@ def log_likelihood(
             data_range=ds.data_range``).
         n_dequant: uniform dequantization draws S per data point (discrete data only; default 1
             there, 0 for continuous data). S = 1: the Jensen bound; S > 1: the
-            importance-weighted bound; 0: the density at the level itself times ``Delta^D``.
+            importance-weighted bound (needs ``divergence="exact"``); 0: the density at the
+            level itself times ``Delta^D``.
         per_sample: give every sample its own step size and error control.
         max_steps: bound on each sample's step attempts; beyond it :class:`ConvergenceError`.
         chunk_size: basis vectors per backward pass of the exact divergence (None: automatic).
@@ -799,6 +827,8 @@ def log_likelihood(
 
     Raises:
         ConvergenceError: a sample's solve did not converge (names the samples).
+        ValueError: bad arguments (named), ``n_dequant > 1`` with Hutchinson, or a model whose
+            score is not differentiable in ``x`` (its divergence would silently be zero).
     """
     sde = _check_model(model)
     x = _check_input(x, "x")
@@ -824,6 +854,14 @@ def log_likelihood(
             f"n_dequant={n_dequant} needs discrete data: pass levels and data_range (continuous "
             "data are not dequantized)"
         )
+    if divergence == "hutchinson" and n_dequant > 1:
+        raise ValueError(
+            f"n_dequant={n_dequant} with divergence='hutchinson' is not a bound: the "
+            "importance-weighted bound averages p over the draws (a logsumexp of log p), and "
+            "a Hutchinson estimate is unbiased for log p only, so it biases the result upwards "
+            "(above the true log P); use divergence='exact' for n_dequant > 1, or n_dequant=1 "
+            "(the Jensen bound, unbiased with Hutchinson)"
+        )
 
     work = _work_dtype(x.device)
     mdtype = _model_dtype(model, work, model_dtype)
@@ -834,7 +872,7 @@ def log_likelihood(
     # data points, dequantized: rows s * B + i for draw s of data point i
     if quant is not None:
         levels_, lo, width = quant
-        _check_on_grid(xw, levels_, lo, width)
+        xw = _check_on_grid(xw, levels_, lo, width, x.dtype)
         n_draws = max(1, n_dequant)
         if n_dequant > 0:
             rows = dequantize(xw, levels_, data_range, n_dequant, generator=generator)  # type: ignore[arg-type]

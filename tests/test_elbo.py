@@ -215,3 +215,32 @@ def test_arguments_are_validated():
         sd.elbo(oracle, X, levels=17, data_range=(-1.0, 1.0))
     with pytest.raises(TypeError, match="model must have"):
         sd.elbo(object(), X)
+
+
+def test_non_finite_data_or_network_output_is_an_error_not_a_nan_bound():
+    model = GMM.score_model(sd.VPSDE())
+    x = torch.tensor([[0.1, -0.2], [0.3, 0.4]], dtype=torch.float64)
+    bad = x.clone()
+    bad[0, 1] = math.inf
+    with pytest.raises(ValueError, match=r"x must be finite: samples \[0\]"):
+        sd.elbo(model, bad)
+
+    class Broken:
+        """The exact model with a network that returns NaN below t = 0.5."""
+
+        def __init__(self, inner):
+            self.inner, self.sde = inner, inner.sde
+
+        def eps(self, z, t):
+            out = self.inner.eps(z, t)
+            return torch.where((t < 0.5).reshape(-1, 1), torch.full_like(out, math.nan), out)
+
+        def x0(self, z, t):
+            return self.inner.x0(z, t)
+
+        def score(self, z, t):
+            return self.inner.score(z, t)
+
+    with pytest.raises(ValueError, match=r"model\.eps returned NaN or inf"):
+        sd.elbo(Broken(model), x, generator=_gen(0))
+    assert bool(torch.isfinite(sd.elbo(model, x, generator=_gen(0)).elbo).all())

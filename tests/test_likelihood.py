@@ -408,3 +408,57 @@ def test_arguments_are_validated():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sd.log_likelihood(oracle, x, rtol=1e-3, atol=1e-3)
+
+
+def test_bad_inputs_that_would_give_silent_wrong_answers_are_errors():
+    """NaN/inf data, a score that autograd cannot differentiate (its divergence would be 0),
+    and the importance-weighted bound over Hutchinson estimates (biased above log P)."""
+    _, sde, oracle, x = _case("vp", 2, b=3)
+    bad = x.clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(ValueError, match=r"x must be finite: samples \[1\]"):
+        sd.log_likelihood(oracle, bad)
+
+    class Detached:
+        def __init__(self, model):
+            self.model, self.sde = model, model.sde
+
+        def score(self, xx, t):
+            with torch.no_grad():
+                return self.model.score(xx, t)
+
+    for name in ("vp", "ve"):
+        _, _, orc, xs = _case(name, 2, b=2)
+        for divergence in ("exact", "hutchinson"):
+            with pytest.raises(ValueError, match="not differentiable in x"):
+                sd.log_likelihood(Detached(orc), xs, divergence=divergence, generator=_gen(0))
+    grid = torch.tensor([[-1.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="is not a bound"):
+        sd.log_likelihood(
+            oracle, grid, levels=5, data_range=(-1.0, 1.0), n_dequant=2, divergence="hutchinson"
+        )
+    # the generic divergences: a constant map has divergence 0 unless strict
+    const = lambda xx: torch.ones_like(xx)  # noqa: E731
+    assert torch.equal(exact_divergence(const, x).divergence, torch.zeros(3, dtype=x.dtype))
+    with pytest.raises(ValueError, match="not differentiable in x"):
+        exact_divergence(const, x, strict=True)
+    with pytest.raises(ValueError, match="not differentiable in x"):
+        hutchinson_divergence(const, x, sample_probes(x.shape, 2, generator=_gen(1)), strict=True)
+
+
+def test_discrete_data_in_half_precision_is_snapped_to_its_levels():
+    """8-bit levels stored in float16 sit up to ~0.03 bins off the grid: accepted, snapped, and
+    the result is that of the float32 data; bfloat16 cannot tell the levels apart: an error."""
+    _, _, oracle, _ = _case("vp", 2, b=4)
+    k = torch.randint(0, 256, (4, 2), generator=_gen(0))
+    x32 = (k * 2 / 255 - 1).float()
+    assert float(((x32.half().double() + 1) * 255 / 2 - k).abs().max()) > 1e-3  # off the grid
+    kw = {"levels": 256, "data_range": (-1.0, 1.0)}
+    ref = sd.log_likelihood(oracle, x32, generator=_gen(1), **kw).log_prob
+    half = sd.log_likelihood(oracle, x32.half(), generator=_gen(1), **kw).log_prob
+    torch.testing.assert_close(half, ref, rtol=0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="cannot tell the levels apart"):
+        sd.log_likelihood(oracle, x32.bfloat16(), **kw)
+    e32 = sd.elbo(oracle, x32, generator=_gen(2), **kw).elbo
+    e16 = sd.elbo(oracle, x32.half(), generator=_gen(2), **kw).elbo
+    torch.testing.assert_close(e16, e32, rtol=0.0, atol=1e-12)
