@@ -228,21 +228,32 @@ def save_checkpoint(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    _prune(root, keep_last)
+    _prune(root, keep_last, step)
     return final
 
 
-def _prune(root: Path, keep_last: int | None) -> None:
-    """Delete leftovers of interrupted writes and the checkpoints beyond the newest
-    ``keep_last``."""
+def _prune(root: Path, keep_last: int | None, step: int) -> None:
+    """Delete leftovers of interrupted writes and, of the checkpoints up to ``step`` (the one
+    just written), those beyond the newest ``keep_last``.
+
+    Checkpoints of later steps are left alone: they exist only when a resume passed over them
+    (corrupt, or the user resumed from an older one), and counting them would delete the
+    checkpoint just written and the valid ones before it."""
     for p in root.iterdir():
         if p.name.startswith(_TMP_PREFIX) and p.is_dir():
             # leftovers of a write that crashed; ours has already been renamed
             shutil.rmtree(p, ignore_errors=True)
-    if keep_last is None:
+    if keep_last is None or keep_last <= 0:
         return
-    for p in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+    upto = [p for p in list_checkpoints(root) if _step_of(p) <= step]
+    for p in upto[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _step_of(p: Path) -> int:
+    m = _STEP_DIR.match(p.name)
+    assert m is not None
+    return int(m.group(1))
 
 
 # --------------------------------------------------------------------------- finding

@@ -482,6 +482,14 @@ def load_npz(
                 "levels 0 .. levels-1) or levels=None (continuous data)"
             )
     name = name if name is not None else path.stem
+    if array.dtype.kind in "fc":
+        finite = np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(
+                f"{path}: array {key!r} holds NaN or inf in {bad.size} of {array.shape[0]} "
+                f"samples (first: {bad[:5].tolist()}); remove or fix them before training"
+            )
     if levels is None:
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         tr, te = _split(x.shape[0], test_fraction, seed)

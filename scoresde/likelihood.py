@@ -599,7 +599,11 @@ class _CountingTerm:
 
 def _adaptive_names() -> list[str]:
     names = set(_OWN_METHODS)
-    names.update(n for n, cls in solvers.SOLVERS.items() if getattr(cls, "adaptive", False))
+    names.update(
+        n
+        for n, cls in solvers.SOLVERS.items()
+        if getattr(cls, "adaptive", False) and not getattr(cls, "stochastic", False)
+    )
     return sorted(names)
 
 

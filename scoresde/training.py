@@ -44,7 +44,9 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -564,6 +566,36 @@ def _lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Call
     return factor
 
 
+class _DeferredInterrupt:
+    """While training (one process, main thread): the first SIGINT (Ctrl-C) only sets
+    :attr:`requested`, which the loop reads between steps; a second one raises
+    KeyboardInterrupt at once. Elsewhere (a thread, torchrun, ``enabled=False``) SIGINT keeps
+    its usual meaning."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning(
+            "interrupt: finishing the current step, then writing a checkpoint (Ctrl-C again to "
+            "stop at once, without one)"
+        )
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class _CSV:
     """Append-only CSV with a fixed header; rows beyond a step are dropped on resume."""
 
@@ -822,7 +854,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0; every process must call it: the
-        RNG states of all are gathered). Returns its folder on rank 0."""
+        RNG states of all are gathered). Returns its folder on rank 0.
+
+        Raises:
+            FloatingPointError: the weights or their EMA hold NaN or inf; nothing is written,
+                so the last checkpoint stays the last good one (and is not pruned).
+        """
+        self._check_finite_weights()
         states = dist_utils.gather_objects(_rng_state(), self.info)
         path = None
         if self.info.is_main:
@@ -840,6 +878,48 @@ class Trainer:
             self.last_checkpoint = path
         dist_utils.barrier(self.info)
         return path
+
+    def _apply_optim_config(self, where: Path) -> None:
+        """After loading the optimizer and scheduler states: this run's ``[optim]`` values
+        (lr, betas, eps, weight_decay) replace the stored ones, which loading brought back, so
+        the configuration recorded with the run is the one in effect; AdamW's moment estimates
+        are kept. A no-op (bitwise) when ``[optim]`` is unchanged; a warning names what
+        changed otherwise."""
+        o = self.config.optim
+        want = {"betas": tuple(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
+        changed = sorted(
+            {k for g in self.optimizer.param_groups for k, v in want.items() if g[k] != v}
+            | ({"lr"} if any(b != o.lr for b in self.scheduler.base_lrs) else set())
+        )
+        if not changed:
+            return
+        for g in self.optimizer.param_groups:
+            g.update(want)
+            g["initial_lr"] = o.lr
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        epoch = self.scheduler.last_epoch
+        for g, lam in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            g["lr"] = o.lr * lam(epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        keys = ", ".join("optim." + k for k in changed)
+        warnings.warn(
+            f"resuming {where} with a different [optim] ({keys}): the new values apply from "
+            "here on (AdamW's moment estimates are kept)",
+            stacklevel=3,
+        )
+
+    def _check_finite_weights(self) -> None:
+        """One reduction over the weights and the EMA (a checkpoint's worth of work); the same
+        result on every process (DDP keeps the replicas equal)."""
+        tensors = [*self.net.parameters(), *self.ema.module.parameters()]
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in tensors]).all()
+        if not bool(finite):
+            last = self.last_checkpoint
+            raise FloatingPointError(
+                f"the weights are not finite (NaN or inf) at step {self.step}: no checkpoint "
+                f"written{f'; the last good one is {last}' if last else ''}. Lower optim.lr, or "
+                "check the data for NaN/inf and optim.grad_clip"
+            )
 
     def _check_compatible(self, saved: Config, where: Path) -> None:
         for section in ("data", "sde", "model"):
@@ -881,6 +961,7 @@ class Trainer:
         self.ema.n_averaged.copy_(state["ema_n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optim_config(loaded.path)
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         rngs = state["rng"]
@@ -1060,6 +1141,10 @@ class Trainer:
             ckpt.atomic_write_bytes(
                 self.out_dir / "config.toml", config_dumps(self.config).encode()
             )
+            # rows beyond the step training starts from belong to a run that died before its
+            # next checkpoint (or before its first one): they will be written again
+            self._metrics.truncate_after(self.step)
+            self._evals.truncate_after(self.step)
             self._open_tensorboard()
         start_step = self.step
         budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -1073,49 +1158,58 @@ class Trainer:
         saved_at = -1
         bar = self._progress_bar()
         self.net.train()
+        # a first Ctrl-C (SIGINT) only asks to stop: the step in progress finishes, a checkpoint
+        # of it is written, then KeyboardInterrupt; a second one stops at once, writing nothing
+        # (a checkpoint taken in the middle of a step would not resume to the same run)
+        interrupt = _DeferredInterrupt(enabled=not self.info.enabled)
         try:
-            while self.step < target:
-                loss, norm = self.train_step()
-                window_loss += loss.double()
-                window_n += 1
-                bar.update(1)
-                s = self.step
-                now = time.perf_counter()
-                if budget is not None:
-                    over = torch.tensor(
-                        float(self.train_seconds + now - seg_t >= budget), device=self.device
-                    )
-                    time_up = bool(dist_utils.all_reduce_mean(over, self.info) > 0)
-                if s % cfg.log_every == 0 or s == target or time_up:
-                    elapsed = now - window_t
-                    mean_loss = float(dist_utils.all_reduce_mean(window_loss / window_n, self.info))
-                    final_loss = mean_loss
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(
-                            f"the training loss is {mean_loss} at step {s}; lower optim.lr, or "
-                            "check the data and optim.grad_clip"
+            with interrupt:
+                while self.step < target:
+                    loss, norm = self.train_step()
+                    window_loss += loss.double()
+                    window_n += 1
+                    bar.update(1)
+                    s = self.step
+                    now = time.perf_counter()
+                    if budget is not None:
+                        over = torch.tensor(
+                            float(self.train_seconds + now - seg_t >= budget), device=self.device
                         )
-                    rate = window_n * cfg.batch_size / max(elapsed, 1e-9)
-                    self._log_row(s, mean_loss, float(norm), rate, self.train_seconds + now - seg_t)
-                    bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
-                    window_loss.zero_()
-                    window_n, window_t = 0, time.perf_counter()
-                if s % cfg.ckpt_every == 0 or s == target or time_up:
-                    self.save_checkpoint()
-                    saved_at = s
-                if ev.every and s % ev.every == 0 and s < cfg.steps and not time_up:
-                    t_pause = time.perf_counter()
-                    self.train_seconds += t_pause - seg_t
-                    run_train_s += t_pause - seg_t
-                    last_eval = self.evaluate()
-                    seg_t = window_t = time.perf_counter()
-                if time_up:
-                    break
-        except KeyboardInterrupt:
-            if not self.info.enabled and self.step > start_step and saved_at != self.step:
-                logger.warning(f"interrupted at step {self.step}: writing a checkpoint")
-                self.save_checkpoint()
-            raise
+                        time_up = bool(dist_utils.all_reduce_mean(over, self.info) > 0)
+                    if s % cfg.log_every == 0 or s == target or time_up:
+                        elapsed = now - window_t
+                        mean_loss = float(
+                            dist_utils.all_reduce_mean(window_loss / window_n, self.info)
+                        )
+                        final_loss = mean_loss
+                        if not math.isfinite(mean_loss):
+                            raise FloatingPointError(
+                                f"the training loss is {mean_loss} at step {s}; lower optim.lr, or "
+                                "check the data and optim.grad_clip"
+                            )
+                        rate = window_n * cfg.batch_size / max(elapsed, 1e-9)
+                        self._log_row(
+                            s, mean_loss, float(norm), rate, self.train_seconds + now - seg_t
+                        )
+                        bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+                        window_loss.zero_()
+                        window_n, window_t = 0, time.perf_counter()
+                    if s % cfg.ckpt_every == 0 or s == target or time_up:
+                        self.save_checkpoint()
+                        saved_at = s
+                    if ev.every and s % ev.every == 0 and s < cfg.steps and not time_up:
+                        t_pause = time.perf_counter()
+                        self.train_seconds += t_pause - seg_t
+                        run_train_s += t_pause - seg_t
+                        last_eval = self.evaluate()
+                        seg_t = window_t = time.perf_counter()
+                    if time_up:
+                        break
+                    if interrupt.requested:
+                        if saved_at != self.step and self.step > start_step:
+                            logger.warning(f"interrupted at step {self.step}: writing a checkpoint")
+                            self.save_checkpoint()
+                        raise KeyboardInterrupt
         finally:
             bar.close()
         now = time.perf_counter()

@@ -81,6 +81,22 @@ def test_keep_last_prunes_the_oldest(tmp_path: Path) -> None:
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_000000004", "step_000000005"]
 
 
+def test_pruning_never_counts_later_checkpoints_that_a_resume_passed_over(tmp_path: Path) -> None:
+    """A corrupt step 200 made the resume fall back to step 100; saving step 101 with
+    keep_last=1 must keep 101 (not delete it for the corrupt 200) and leave 200 alone."""
+    _save(tmp_path, 100, keep_last=1)
+    bad = _save(tmp_path, 200)  # e.g. a run that kept every checkpoint, then was damaged
+    with open(bad / ck.WEIGHTS_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
+        assert ck.latest_checkpoint(tmp_path) == ck.checkpoint_dir(tmp_path, 100)
+    _save(tmp_path, 101, keep_last=1)
+    names = [p.name for p in ck.list_checkpoints(tmp_path)]
+    assert names == ["step_000000101", "step_000000200"]
+    with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
+        assert ck.latest_checkpoint(tmp_path) == ck.checkpoint_dir(tmp_path, 101)
+
+
 def test_resaving_a_step_replaces_it(tmp_path: Path) -> None:
     _save(tmp_path, 3, value=1.0)
     _save(tmp_path, 3, value=2.0)

@@ -127,6 +127,16 @@ def test_mnist_subset_offline(no_network: None) -> None:
 # --------------------------------------------------------------------------- user data
 
 
+def test_load_npz_refuses_non_finite_samples(tmp_path) -> None:
+    points = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    points[3, 1], points[7, 0] = np.nan, np.inf
+    np.savez(tmp_path / "bad.npz", x=points)
+    with pytest.raises(
+        ValueError, match=r"bad\.npz: array 'x' holds NaN or inf in 2 of 10 .*\[3, 7\]"
+    ):
+        sd.load_npz(tmp_path / "bad.npz")
+
+
 def test_load_npz_discrete_and_continuous(tmp_path) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)

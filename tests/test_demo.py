@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -186,9 +187,9 @@ def test_demo_smoke_end_to_end_through_the_cli(tmp_path, capsys):
 def test_ctrl_c_during_training_leaves_a_checkpoint_and_a_partial_report(tmp_path, monkeypatch):
     real_step = Trainer.train_step
 
-    def step(self):  # the user presses Ctrl-C during step 8
+    def step(self):  # the user presses Ctrl-C during step 8: it finishes, then stops
         if self.step == 7:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
         return real_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", step)
@@ -198,9 +199,9 @@ def test_ctrl_c_during_training_leaves_a_checkpoint_and_a_partial_report(tmp_pat
         say=lines.append,
     )
     assert res.interrupted_stage == "train" and not res.completed
-    assert res.checkpoint is not None and res.checkpoint.name.endswith("7")
+    assert res.checkpoint is not None and res.checkpoint.name.endswith("8")
     loaded = sd.load_model(res.run_dir)
-    assert loaded.step == 7  # the steps done before the interruption
+    assert loaded.step == 8  # the step in progress was finished, then checkpointed
     report = _report(res.run_dir)
     assert "INTERRUPTED during stage train" in report
     assert "## 1. Interrupted" in report and "scoresde train" in report

@@ -397,6 +397,9 @@ def test_arguments_are_validated():
         sd.log_likelihood(oracle, x, method="dopri8", per_sample=True)
     with pytest.raises(ValueError, match="adaptive ODE method, one of .*dopri5"):
         sd.log_likelihood(oracle, x, method="euler")
+    for sde_method in ("adaptive_sde", "sde_srk_adaptive"):  # adaptive, but SDE solvers
+        with pytest.raises(ValueError, match="adaptive ODE method, one of"):
+            sd.log_likelihood(oracle, x, method=sde_method)
     with pytest.raises(ValueError, match="rtol must be finite and > 0"):
         sd.log_likelihood(oracle, x, rtol=0.0)
     with pytest.raises(ValueError, match=r"shape \(B, \*dims\)"):

@@ -114,6 +114,107 @@ def test_resume_in_process_is_bitwise_identical(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "config.toml").read_text() == saved
 
 
+def _interrupt_inside_step(trainer: Trainer, at_step: int, times: int = 1) -> None:
+    """Deliver SIGINT from inside the EMA update of step ``at_step`` (after the optimizer step,
+    before ``step += 1``): the moment where a checkpoint of the in-memory state would mix two
+    steps."""
+    update = trainer.ema.update_parameters
+
+    def update_and_interrupt(model):
+        update(model)
+        if trainer.step + 1 == at_step:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+
+    trainer.ema.update_parameters = update_and_interrupt  # type: ignore[method-assign]
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_resumes_bitwise(tmp_path: Path) -> None:
+    ref = train(tiny(tmp_path / "ref", "train.ckpt_every=100"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as train() does with train.threads=1: the same float results
+    try:
+        trainer = Trainer(tiny(tmp_path / "run", "train.ckpt_every=100"))
+        _interrupt_inside_step(trainer, 7)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.step == 7
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "run" / "checkpoints")] == [
+        "step_000000007"
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    rest = train(tiny(tmp_path / "run", "train.ckpt_every=100"))
+    assert rest.resumed_from is not None and rest.resumed_from.name == "step_000000007"
+    assert ref.checkpoint is not None and rest.checkpoint is not None
+    assert_same_state(ref.checkpoint, rest.checkpoint)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
+    trainer = Trainer(tiny(tmp_path / "run", "train.ckpt_every=100"))
+    _interrupt_inside_step(trainer, 5, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert ck.list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_a_fresh_start_drops_metrics_rows_of_a_run_that_died_before_its_first_checkpoint(
+    tmp_path: Path,
+) -> None:
+    dead = Trainer(tiny(tmp_path / "run", "train.ckpt_every=100", "train.steps=200"))
+    dead.out_dir.mkdir(parents=True)
+    for _ in range(5):  # five logged steps, then "killed": no checkpoint
+        dead.train_step()
+        dead._log_row(dead.step, 1.0, 0.0, 1.0, 0.0)
+    assert ck.list_checkpoints(tmp_path / "run" / "checkpoints") == []
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    train(tiny(tmp_path / "run"), max_steps=3)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
+
+
+def test_resume_with_a_changed_optim_section_applies_it_and_says_so(tmp_path: Path) -> None:
+    train(tiny(tmp_path / "run", "optim.schedule=constant", "optim.warmup_steps=0"), max_steps=4)
+    new = tiny(
+        tmp_path / "run",
+        "optim.schedule=constant",
+        "optim.warmup_steps=0",
+        "optim.lr=3e-3",
+        "optim.betas=[0.5, 0.6]",
+        "optim.weight_decay=0.5",
+    )
+    with pytest.warns(UserWarning, match=r"different \[optim\] \(optim\.betas, optim\.lr, "):
+        rest = train(new, max_steps=6)
+    assert rest.checkpoint is not None
+    saved = ck.load_checkpoint(rest.checkpoint, training_state=True).training_state
+    assert saved is not None
+    (group,) = saved["optimizer"]["param_groups"]
+    assert group["lr"] == 3e-3 and tuple(group["betas"]) == (0.5, 0.6)
+    assert group["weight_decay"] == 0.5 and saved["scheduler"]["base_lrs"] == [3e-3]
+    lrs = [
+        float(r.split(",")[3])
+        for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    ]
+    assert lrs[-1] == 3e-3 and lrs[0] == 1e-2
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path: Path) -> None:
+    trainer = Trainer(tiny(tmp_path / "run", "train.keep_last=1"))
+    trainer.fit(max_steps=2)
+    good = trainer.last_checkpoint
+    assert good is not None and good.name == "step_000000002"
+    trainer.train_step()
+    with torch.no_grad():
+        next(trainer.net.parameters()).view(-1)[0] = math.nan
+    with pytest.raises(FloatingPointError, match=r"weights are not finite .* at step 3: no"):
+        trainer.save_checkpoint()
+    # nothing written, the good one not pruned
+    assert ck.list_checkpoints(tmp_path / "run" / "checkpoints") == [good]
+    ck.verify_checkpoint(good)
+
+
 def _train_in_subprocess(config_file: Path, kill_at: int, timeout: float = 120.0) -> int:
     """Run ``scoresde train`` in a child process and SIGKILL it as soon as it reports a step
     >= ``kill_at``; returns the child's exit status (-9 when killed)."""
