@@ -285,8 +285,9 @@ class OptimConfig:
         lr: peak learning rate.
         betas, eps, weight_decay: AdamW's (decoupled weight decay, Loshchilov & Hutter 2019).
         warmup_steps: linear warm-up from 0 to ``lr`` over these steps.
-        schedule: after warm-up, ``constant`` or ``cosine`` decay to ``min_lr`` at the last
-            step.
+        schedule: after warm-up, ``constant`` or ``cosine`` decay that reaches ``min_lr``
+            at step ``train.steps`` (so the last step, taken with the rate of the step
+            before, is slightly above it).
         min_lr: the floor of the cosine decay.
         grad_clip: clip the global gradient norm to this value (0: no clipping).
         ema_decay: decay of the exponential moving average of the weights, in [0, 1).
@@ -409,6 +410,20 @@ class EvalConfig:
             _positive_int(getattr(self, name), f"eval.{name}")
         if self.n_test is not None:
             _positive_int(self.n_test, "eval.n_test")
+        if self.elbo_steps is not None:
+            _positive_int(self.elbo_steps, "eval.elbo_steps")
+        _sampling_method(self.method, "eval.method")
+        from scoresde.likelihood import _adaptive_names
+
+        if self.ode_method not in _adaptive_names():
+            raise ConfigError(
+                f"eval.ode_method must be an adaptive ODE method, one of {_adaptive_names()}, "
+                f"got {self.ode_method!r}"
+            )
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"eval.{name} must be finite and > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -436,6 +451,13 @@ class SampleConfig:
     denoise_final: bool = False
     guidance: float = 0.0
     grid: str = ""
+
+    def __post_init__(self) -> None:
+        _positive_int(self.nfe, "sample.nfe")
+        _positive_int(self.n, "sample.n")
+        _sampling_method(self.method, "sample.method")
+        if not math.isfinite(self.guidance):
+            raise ConfigError(f"sample.guidance must be finite, got {self.guidance}")
 
 
 @dataclass(frozen=True)
@@ -490,6 +512,16 @@ SECTIONS: dict[str, type] = {
 def _positive_int(value: int, name: str) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def _sampling_method(name: str, key: str) -> None:
+    """A registered solver (``sd.solvers_available()``; user registrations included)."""
+    import solvers
+
+    if name not in solvers.SOLVERS:
+        raise ConfigError(
+            f"{key} must be a registered solver, one of {sorted(solvers.SOLVERS)}, got {name!r}"
+        )
 
 
 def _type_name(tp: Any) -> str:

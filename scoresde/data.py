@@ -446,6 +446,11 @@ def load_npz(
         name: the dataset's name (default: the file's stem).
     """
     path = Path(path)
+    if path.suffix.lower() == ".npy":
+        raise ValueError(
+            f"{path} is a single .npy array; this loader reads .npz archives: save it with "
+            "numpy.savez(path_without_suffix, x=array) (and y=labels for data.labels_key='y')"
+        )
     with np.load(path, allow_pickle=False) as archive:
         keys = [k for k in archive.files if k != labels_key]
         if key is None:
@@ -479,7 +484,9 @@ def load_npz(
         else:
             raise ValueError(
                 f"cannot infer levels from dtype {array.dtype}; pass levels=<int> (integer "
-                "levels 0 .. levels-1) or levels=None (continuous data)"
+                "levels 0 .. levels-1) or levels=None (continuous data) to load_npz; from a "
+                "config (no levels key), store the array as uint8 (256 levels), bool (2) or "
+                "float (continuous)"
             )
     name = name if name is not None else path.stem
     if array.dtype.kind in "fc":
@@ -582,6 +589,13 @@ def load_image_folder(
     arrays: list[np.ndarray] = []
     for p in files:
         with Image.open(p) as img:
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                # convert() would clip values above 255 (a 16-bit image turns white)
+                raise ValueError(
+                    f"{p} is a {img.mode!r} image (more than 8 bits per pixel), which this "
+                    "loader does not read; convert the folder to 8-bit images, or load the "
+                    "array yourself into an .npz (data.name='npz')"
+                )
             img = img.convert(mode)
             if target is not None:
                 img = img.resize((target[1], target[0]), Image.Resampling.BICUBIC)

@@ -212,6 +212,21 @@ def test_load_image_folder_rgb_resize_and_errors(tmp_path) -> None:
         sd.load_image_folder(empty)
     with pytest.raises(ValueError, match="folder"):
         sd.load_image_folder(tmp_path / "0.png")
+    # a 16-bit image would be clipped to white by an 8-bit conversion: refused, named
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(rng.integers(0, 65536, size=(4, 4)).astype(np.uint16)).save(deep / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png is a 'I;16' image \(more than 8 bits"):
+        sd.load_image_folder(deep)
+
+
+def test_load_npz_hints_for_npy_files_and_integer_arrays(tmp_path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((4, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"single \.npy array; .* numpy\.savez"):
+        sd.load_npz(tmp_path / "a.npy")
+    np.savez(tmp_path / "k.npz", x=np.zeros((4, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="from a config .* store the array as uint8"):
+        sd.load_npz(tmp_path / "k.npz")
 
 
 # --------------------------------------------------------------------------- baselines
