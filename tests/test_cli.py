@@ -136,11 +136,12 @@ def test_usage_error_is_status_2() -> None:
     assert exc.value.code == 2
 
 
-def test_entry_point_process_exits_2_without_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["scoresde.cli", "scoresde"])
+def test_entry_point_process_exits_2_without_traceback(tmp_path: Path, module: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("SCORESDE_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "scoresde.cli", "likelihood", str(tmp_path / "none")],
+        [sys.executable, "-m", module, "likelihood", str(tmp_path / "none")],
         capture_output=True,
         text=True,
         env=env,
