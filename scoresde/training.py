@@ -715,6 +715,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
+        self.last_lr = math.nan  # the learning rate of the last optimizer step (metrics.csv)
         self._tb: Any = None
         self._metrics = _CSV(self.out_dir / "metrics.csv", METRICS_FIELDS)
         self._evals = _CSV(self.out_dir / "eval.csv", EVAL_FIELDS)
@@ -800,6 +801,7 @@ class Trainer:
         params = [p for p in self.net.parameters() if p.grad is not None]
         clip = self.config.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate of this step
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -1082,6 +1084,9 @@ class Trainer:
         seconds = time.perf_counter() - t0
         result = EvalResult(self.step, lik, elb, samples, figure, seconds)
         if self.info.is_main:
+            # one evaluation per step: a run re-started at its last step redoes the final
+            # evaluation, which replaces the earlier row instead of repeating it
+            self._evals.truncate_after(self.step - 1)
             self._evals.append(
                 {
                     "step": self.step,
@@ -1241,7 +1246,7 @@ class Trainer:
     def _log_row(self, step: int, loss: float, norm: float, rate: float, elapsed: float) -> None:
         if not self.info.is_main:
             return
-        lr = float(self.scheduler.get_last_lr()[0])
+        lr = self.last_lr
         epoch = self.batches.epoch_of(step - 1)
         self._metrics.append(
             {

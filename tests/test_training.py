@@ -200,6 +200,31 @@ def test_resume_with_a_changed_optim_section_applies_it_and_says_so(tmp_path: Pa
     assert lrs[-1] == 3e-3 and lrs[0] == 1e-2
 
 
+def test_metrics_record_the_learning_rate_each_step_used(tmp_path: Path) -> None:
+    """Warm-up over 3 steps to 1e-2: steps 1, 2, 3 use 1/3, 2/3 and 3/3 of it."""
+    train(tiny(tmp_path / "run"), max_steps=4)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[3]) for r in rows]
+    assert [round(v / 1e-2, 6) for v in lrs[:3]] == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
+
+
+def test_a_repeated_final_evaluation_replaces_its_row(tmp_path: Path) -> None:
+    cfg = tiny(
+        tmp_path / "run",
+        "eval.at_end=true",
+        "eval.n_samples=4",
+        "eval.nfe=2",
+        "eval.method=euler",
+        "eval.likelihood=false",
+        "eval.elbo=false",
+        "train.steps=3",
+    )
+    for _ in range(2):  # the second run has nothing to train and evaluates again
+        train(cfg)
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["3"]
+
+
 def test_non_finite_weights_are_never_checkpointed(tmp_path: Path) -> None:
     trainer = Trainer(tiny(tmp_path / "run", "train.keep_last=1"))
     trainer.fit(max_steps=2)
