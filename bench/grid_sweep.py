@@ -57,7 +57,9 @@ import torch
 from torch import Tensor
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE.parent)]
+sys.path[:0] = [str(_HERE.parent), str(_HERE)]
+
+from bench_env import cpu_name  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 import solvers  # noqa: E402
@@ -859,14 +861,7 @@ def report_final_step(rows: list[Row], nfes: tuple[int, ...], meta: dict[str, An
 
 
 def environment() -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (
         f"CPU {cpu}, torch {torch.__version__} ({torch.get_num_threads()} thread), "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"

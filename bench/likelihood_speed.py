@@ -35,7 +35,6 @@ Outputs: ``bench/results/likelihood_speed[_quick].{csv,json,md}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import statistics
@@ -53,6 +52,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent), str(_HERE)]
 
 import likelihood as lik_bench  # noqa: E402  (bench/likelihood.py)
+from bench_env import cpu_name, loadavg  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 from scoresde.divergence import sample_probes  # noqa: E402
@@ -193,12 +193,6 @@ def render(meta: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "n/a"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -221,9 +215,9 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "load_start": _load(),
+        "load_start": loadavg(),
         "tol": TOL,
     }
     if cuda:
@@ -246,7 +240,7 @@ def main() -> None:
                     f"{row.samples_per_s:9.1f} samples/s {row.note}",
                     flush=True,
                 )
-    meta["load_end"] = _load()
+    meta["load_end"] = loadavg()
     meta["seconds"] = time.perf_counter() - t0
     stem = "likelihood_speed" + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -261,14 +255,6 @@ def main() -> None:
     (args.out / f"{stem}.md").write_text(text)
     print()
     print(text)
-
-
-def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent), str(_HERE)]
 
 import peer_samplers as peers  # noqa: E402
+from bench_env import cpu_name  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 import solvers  # noqa: E402
@@ -690,14 +691,7 @@ def plot(rows: list[Row], setting: str, path: Path, title: str) -> None:
 
 
 def environment() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import importlib.metadata as md
 
     def ver(p: str) -> str | None:

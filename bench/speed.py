@@ -96,6 +96,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent), str(_HERE)]
 
 import peer_samplers as peers  # noqa: E402
+from bench_env import cpu_name, loadavg  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 import solvers  # noqa: E402
@@ -868,7 +869,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
     }
     if device.type == "cuda":
@@ -878,20 +879,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             info[pkg] = importlib.metadata.version(pkg)
     return info
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _loadavg() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "n/a"
 
 
 def _fmt(v: float, spec: str = ".3f") -> str:
@@ -1160,7 +1147,7 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    load_start = _loadavg()
+    load_start = loadavg()
     t0 = time.perf_counter()
     log(f"device {device}, torch {torch.__version__}, load average {load_start}")
     if ctx.kd.sampling is None:
@@ -1176,7 +1163,7 @@ def main(argv: list[str] | None = None) -> None:
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "date": time.strftime("%Y-%m-%d"),
             "load_start": load_start,
-            "load_end": _loadavg(),
+            "load_end": loadavg(),
             "seconds": time.perf_counter() - t0,
             "nets": {s.name: s.description for s in specs},
             "first_call_s": ctx.compile_s,

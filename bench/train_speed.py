@@ -42,7 +42,6 @@ Outputs: ``bench/results/train_speed_<device>[_quick].{json,md}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -57,7 +56,9 @@ import numpy as np
 import torch
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE.parent)]
+sys.path[:0] = [str(_HERE.parent), str(_HERE)]
+
+from bench_env import cpu_name, loadavg  # noqa: E402
 
 from scoresde import distributed as dist_utils  # noqa: E402
 from scoresde.config import from_dict  # noqa: E402
@@ -286,20 +287,10 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], ddp: list[dict[str,
     return "\n".join(lines)
 
 
-def _load() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "n/a"
-
-
 def _hardware(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "cpu"
+    return cpu_name()
 
 
 def main() -> None:
@@ -348,7 +339,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"),
-        "load_start": _load(),
+        "load_start": loadavg(),
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -370,7 +361,7 @@ def main() -> None:
                 ddp.append(run_ddp(args, data, world, b))
                 print(json.dumps(ddp[-1]), flush=True)
     meta["n_params"] = next((r["n_params"] for r in rows if "n_params" in r), 0)
-    meta["load_end"] = _load()
+    meta["load_end"] = loadavg()
     meta["seconds"] = time.perf_counter() - t0
     stem = f"train_speed_{args.device.split(':')[0]}" + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -245,15 +245,9 @@ def _prune(root: Path, keep_last: int | None, step: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
     if keep_last is None or keep_last <= 0:
         return
-    upto = [p for p in list_checkpoints(root) if _step_of(p) <= step]
+    upto = [p for s, p in _numbered_checkpoints(root) if s <= step]
     for p in upto[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-
-
-def _step_of(p: Path) -> int:
-    m = _STEP_DIR.match(p.name)
-    assert m is not None
-    return int(m.group(1))
 
 
 # --------------------------------------------------------------------------- finding
@@ -262,7 +256,11 @@ def _step_of(p: Path) -> int:
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Checkpoint folders under ``root`` (a ``checkpoints`` folder), oldest step first, whether
     valid or not."""
-    root = Path(root)
+    return [p for _, p in _numbered_checkpoints(Path(root))]
+
+
+def _numbered_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every checkpoint folder under ``root``, oldest step first."""
     if not root.is_dir():
         return []
     found = []
@@ -270,7 +268,7 @@ def list_checkpoints(root: str | Path) -> list[Path]:
         m = _STEP_DIR.match(p.name)
         if m and p.is_dir():
             found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
 
 
 def _checkpoints_root(path: Path) -> Path:

@@ -98,6 +98,7 @@ from scoresde.reverse import reverse_drift
 from scoresde.sde import SDE
 from solvers.adaptive import AdaptiveStepError
 from solvers.integrate import NonFiniteError
+from solvers.registry import adaptive_ode_names
 
 __all__ = [
     "DivergenceMethod",
@@ -598,13 +599,7 @@ class _CountingTerm:
 
 
 def _adaptive_names() -> list[str]:
-    names = set(_OWN_METHODS)
-    names.update(
-        n
-        for n, cls in solvers.SOLVERS.items()
-        if getattr(cls, "adaptive", False) and not getattr(cls, "stochastic", False)
-    )
-    return sorted(names)
+    return sorted(set(_OWN_METHODS).union(adaptive_ode_names()))
 
 
 def _solve(

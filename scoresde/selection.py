@@ -56,6 +56,7 @@ from scoresde.sampling import SamplerModel, resolve_solver, sample
 from scoresde.schedules import EDMSDE, VPSDE
 from scoresde.sde import SDE
 from solvers.broadcast import append_dims
+from solvers.registry import adaptive_ode_names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -262,11 +263,15 @@ class _EDMVariables:
 
 
 def _reference_solver(
-    reference: str | solvers.Solver[Any, Any], tol: float
+    reference: str | solvers.Solver[Any, Any], tol: float | None, dtype: torch.dtype
 ) -> tuple[solvers.Solver[Any, Any], str, float, float]:
+    """The reference solver, its name, rtol and atol; ``tol`` None: 1e-10 for a float64
+    model, 1e-5 otherwise."""
+    if tol is None:
+        tol = 1e-10 if dtype == _F64 else 1e-5
     if isinstance(reference, str):
         cls = solvers.SOLVERS.get(reference)
-        ode_adaptive = [n for n, c in solvers.SOLVERS.items() if c.adaptive and not c.stochastic]
+        ode_adaptive = adaptive_ode_names()
         if cls is None or not cls.adaptive or cls.stochastic:
             raise ValueError(
                 f"reference must be an adaptive ODE method, got {reference!r}; valid: "
@@ -1234,11 +1239,9 @@ def compare_solvers(
             f"data must have shape (m, *shape) = (m, {', '.join(map(str, sample_shape))}), "
             f"got {tuple(data.shape)}"
         )
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     device, dtype = _placement(model)
-    tol = reference_tol if reference_tol is not None else (1e-10 if dtype == _F64 else 1e-5)
-    ref_solver, ref_name, rtol, atol = _reference_solver(reference, tol)
+    ref_solver, ref_name, rtol, atol = _reference_solver(reference, reference_tol, dtype)
     sde = model.sde
 
     x_t = sde.prior_sample((n, *sample_shape), generator, dtype=dtype).to(device)
@@ -1787,11 +1790,9 @@ def tune_grid(
         )
     solver, n_steps = base.for_budget(nfe)
     _check_start(start, solver, n_steps, model.sde, name, nfe)  # fail before the solves
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     device, dtype = _placement(model)
-    tol = reference_tol if reference_tol is not None else (1e-10 if dtype == _F64 else 1e-5)
-    ref_solver, _, _, _ = _reference_solver(reference, tol)
+    ref_solver, _, _, _ = _reference_solver(reference, reference_tol, dtype)
     sde = model.sde
     x_cal = sde.prior_sample((n, *sample_shape), generator, dtype=dtype).to(device)
     x_ho = sde.prior_sample((n_held_out, *sample_shape), generator, dtype=dtype).to(device)

@@ -149,3 +149,10 @@ def solvers_available() -> list[SolverInfo]:
         )
         for name, cls in sorted(SOLVERS.items())
     ]
+
+
+def adaptive_ode_names() -> list[str]:
+    """Names of the registered step-size-controlled ODE solvers (adaptive and not stochastic),
+    sorted: the methods that can solve a probability-flow ODE to a tolerance (references,
+    likelihoods)."""
+    return sorted(n for n, cls in SOLVERS.items() if cls.adaptive and not cls.stochastic)

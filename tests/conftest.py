@@ -15,7 +15,9 @@ Tests that should run on every available device take the ``device`` fixture (``"
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -72,6 +74,18 @@ def device(request: pytest.FixtureRequest) -> str:
 
 
 # --------------------------------------------------------------------------- hooks
+
+
+@pytest.fixture
+def keep_global_rng():
+    """Give back the global RNG states (torch, NumPy, Python) that a test changes: training
+    and the command line seed them (dropout draws from them). Modules that train use it for
+    every test: ``pytestmark = pytest.mark.usefixtures("keep_global_rng")``."""
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    with torch.random.fork_rng(devices=[]):
+        yield
+    np.random.set_state(np_state)  # noqa: NPY002
+    random.setstate(py_state)
 
 
 def pytest_configure(config: pytest.Config) -> None:

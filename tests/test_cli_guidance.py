@@ -35,10 +35,7 @@ COMMON = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _keep_global_rng():
-    with torch.random.fork_rng(devices=[]):
-        yield
+pytestmark = pytest.mark.usefixtures("keep_global_rng")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
@@ -24,14 +23,7 @@ from scoresde.training import Trainer, _lr_lambda, load_model, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _keep_global_rng():
-    """Training seeds the global RNGs (dropout draws from them); give them back."""
-    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):
-        yield
-    np.random.set_state(np_state)  # noqa: NPY002
-    random.setstate(py_state)
+pytestmark = pytest.mark.usefixtures("keep_global_rng")
 
 
 def tiny(out_dir: Path, *extra: str) -> Config:

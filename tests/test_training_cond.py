@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,7 @@ from scoresde.training import Trainer, build_network, load_model, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _keep_global_rng():
-    """Training seeds the global RNGs; give them back."""
-    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):
-        yield
-    np.random.set_state(np_state)  # noqa: NPY002
-    random.setstate(py_state)
+pytestmark = pytest.mark.usefixtures("keep_global_rng")
 
 
 def tiny(out_dir: Path, *extra: str) -> Config:
