@@ -23,21 +23,22 @@ per step for the velocity and its divergence.
 
 Under ``torch.inference_mode`` autograd records nothing, even inside ``torch.enable_grad()``,
 and a Jacobian would silently be zero: both functions run their autograd with inference mode
-turned off (:func:`autograd_enabled`), on a normal copy of an inference-tensor ``x``, and
+turned off (:func:`solvers.autograd.autograd_enabled`), on a normal copy of an inference-tensor ``x``, and
 :func:`scoresde.log_likelihood` runs its whole solve that way (:func:`outside_inference_mode`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
+
+from solvers.autograd import autograd_enabled, normal_tensor
 
 __all__ = [
     "Divergence",
@@ -72,21 +73,6 @@ class Divergence:
 
     value: Tensor
     divergence: Tensor
-
-
-@contextlib.contextmanager
-def autograd_enabled() -> Iterator[None]:
-    """Gradients recorded whatever the caller's mode: ``torch.no_grad`` is lifted by
-    ``enable_grad`` and ``torch.inference_mode`` by ``inference_mode(False)`` (where
-    ``enable_grad`` alone records nothing). Tensors made in inference mode must be cloned
-    inside this context before autograd may save them (:func:`normal_tensor`)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def normal_tensor(x: Tensor) -> Tensor:
-    """``x`` detached, as a normal tensor (a copy if it was made under inference mode)."""
-    return x.detach().clone() if x.is_inference() else x.detach()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from solvers.autograd import autograd_enabled
 from solvers.broadcast import append_dims
 
 __all__ = ["SDE", "DiscreteChain", "Marginal", "TimeLike"]
@@ -69,7 +70,7 @@ def _time_derivative(fn, t: Tensor) -> Tensor:
     Also under ``torch.inference_mode`` (where ``enable_grad`` alone records nothing and the
     derivative would silently be zero): autograd runs with inference mode off, on a normal
     copy of ``t``."""
-    with torch.inference_mode(False), torch.enable_grad():
+    with autograd_enabled():
         tt = t.detach().clone().requires_grad_(True)
         y = fn(tt)
         if not y.requires_grad:  # fn is constant in t

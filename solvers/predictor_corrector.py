@@ -79,6 +79,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from solvers.autograd import autograd_enabled, normal_tensor
 from solvers.base import Solver
 from solvers.broadcast import coef
 from solvers.exponential import DDIM, log_snr_points
@@ -136,9 +137,8 @@ def drift_coefficients(schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         TypeError: the schedule is not differentiable in ``t``.
     """
-    # inference_mode(False): under torch.inference_mode, enable_grad alone records nothing
-    with torch.inference_mode(False), torch.enable_grad():
-        tt = t.detach().to(_F64).clone().requires_grad_(True)
+    with autograd_enabled():
+        tt = normal_tensor(t.to(_F64)).requires_grad_(True)
         log_alpha = torch.log(schedule.alpha(tt).to(_F64))
         lam = schedule.log_snr(tt).to(_F64)
         sigma2 = schedule.sigma(tt).to(_F64) ** 2

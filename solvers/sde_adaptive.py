@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from solvers.adaptive import AdaptiveStepError
+from solvers.autograd import autograd_enabled, normal_tensor
 from solvers.base import Solver, check_nfe
 from solvers.broadcast import append_dims
 from solvers.brownian import GaussianNoise, NoiseSource, flip_time
@@ -235,10 +236,9 @@ class _TorchSDEFunction:
         """``1/2 g dg/dx`` (diagonal), or ``None`` when ``g`` does not depend on ``x``."""
         if self._additive:
             return None
-        # inference_mode(False): under torch.inference_mode, enable_grad alone records nothing
-        with torch.inference_mode(False), torch.enable_grad():
-            yy = y.detach().clone().requires_grad_(True)
-            g = self._diffusion(t.clone(), yy)
+        with autograd_enabled():
+            yy = normal_tensor(y).requires_grad_(True)
+            g = self._diffusion(normal_tensor(t), yy)
             if not g.requires_grad:
                 self._additive = True
                 return None
@@ -249,9 +249,9 @@ class _TorchSDEFunction:
     def additive(self, s: Any, y: Tensor) -> bool:
         """Whether ``g`` does not depend on the state (checked once, by autograd; free)."""
         if self._additive is None:
-            with torch.inference_mode(False), torch.enable_grad():
-                yy = y.detach().clone().requires_grad_(True)
-                self._additive = not self._diffusion(self.time(s).clone(), yy).requires_grad
+            with autograd_enabled():
+                yy = normal_tensor(y).requires_grad_(True)
+                self._additive = not self._diffusion(normal_tensor(self.time(s)), yy).requires_grad
         return self._additive
 
     def clear_cache(self) -> None:
