@@ -23,8 +23,9 @@ per step for the velocity and its divergence.
 
 Under ``torch.inference_mode`` autograd records nothing, even inside ``torch.enable_grad()``,
 and a Jacobian would silently be zero: both functions run their autograd with inference mode
-turned off (:func:`solvers.autograd.autograd_enabled`), on a normal copy of an inference-tensor ``x``, and
-:func:`scoresde.log_likelihood` runs its whole solve that way (:func:`outside_inference_mode`).
+turned off (:func:`solvers.autograd.autograd_enabled`), on a normal copy of an inference-tensor
+``x``, and :func:`scoresde.log_likelihood` runs its whole solve that way
+(:func:`outside_inference_mode`).
 """
 
 from __future__ import annotations
